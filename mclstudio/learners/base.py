@@ -1,0 +1,159 @@
+"""The one interface every learner implements.
+
+A learner reads a stream of tokens x1, y1, x2, y2, ... and answers queries (x tokens) from what it has
+read, with no gradient step. Three ways in:
+
+(a) ``forward(stream_x, stream_y, query_x)``: the parallel path for training and evaluation. The
+    stream is processed at once (``scan``), then every query is read from the final state on its own
+    (queries never see each other).
+(b) the recurrent path for streaming: ``init_state``, ``step_x``/``step_y`` (one token in, new state)
+    and ``query`` (logits for some x, state unchanged).
+(c) introspection: ``state_norms`` and ``state_nbytes`` of a state, and association rows of queries
+    over the past tokens (``forward(..., with_rows=True)``).
+
+A model supplies four operations on token embeddings h: ``init_state``, ``scan``, ``step`` and
+``read``. Everything else (embedding, head, the three paths) lives here, once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from mclstudio.learners.encoders import TokenEmbedding
+
+
+@dataclass
+class LearnerConfig:
+    """Fields shared by every learner; each model's config subclasses this.
+
+    y_vocab > 0 means classification over that many label codes (size it for the longest stream to
+    be tested); y_vocab == 0 means regression onto y_dim targets.
+    """
+
+    model: ClassVar[str] = ""
+    d_model: int = 128
+    n_layers: int = 4
+    x_shape: tuple[int, ...] = (1, 32, 32)
+    y_vocab: int = 100
+    y_dim: int = 0
+    encoder_channels: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["x_shape"] = list(self.x_shape)
+        d["model"] = self.model
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LearnerConfig:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if "x_shape" in kwargs:
+            kwargs["x_shape"] = tuple(kwargs["x_shape"])
+        return cls(**kwargs)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.y_vocab == 0
+
+
+class LearnerOutput(NamedTuple):
+    """logits: (B, Q, y_vocab) or predictions (B, Q, y_dim) for regression.
+    rows: None, or one (B, Q, L) tensor per layer: each query's association over the L past tokens,
+    non-negative and summing to 1 over those tokens."""
+
+    logits: Tensor
+    rows: list[Tensor] | None
+
+
+class State(ABC):
+    """A learner's memory after some tokens. ``length`` is how many tokens it has read."""
+
+    length: int
+
+    @abstractmethod
+    def tensors(self) -> list[Tensor]:
+        """The tensors that make up the memory proper (not any kept history)."""
+
+    @abstractmethod
+    def layer_norms(self) -> Tensor:
+        """(B, n_layers): the Frobenius norm of each layer's memory, per episode."""
+
+    def nbytes(self) -> int:
+        """Bytes of memory proper the state holds (used, not reserved)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+class Learner(nn.Module, ABC):
+    """Base of every learner: token embedding -> model -> final norm -> head."""
+
+    config_class: ClassVar[type[LearnerConfig]] = LearnerConfig
+
+    def __init__(self, config: LearnerConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.embedding = TokenEmbedding(
+            config.x_shape, d, config.y_vocab, config.y_dim, config.encoder_channels
+        )
+        self.norm_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, config.y_vocab if config.y_vocab > 0 else config.y_dim)
+
+    # ---- what a model supplies ---------------------------------------------------------------
+    @abstractmethod
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
+        """The empty memory for batch_size episodes."""
+
+    @abstractmethod
+    def scan(self, h: Tensor, keep_history: bool = False) -> State:
+        """Read a whole stream of token embeddings h: (B, L, D) in parallel; return the state after it.
+        keep_history: also keep what ``read(..., with_rows=True)`` needs to form association rows."""
+
+    @abstractmethod
+    def step(self, state: State, h: Tensor) -> State:
+        """Read one token embedding h: (B, D). May update ``state`` in place; returns the new state."""
+
+    @abstractmethod
+    def read(self, state: State, hq: Tensor, with_rows: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+        """Read queries hq: (B, Q, D) from state, each as one extra token that nothing else sees.
+        Returns the last layer's outputs (B, Q, D) and, if with_rows (which needs a state from
+        ``scan(..., keep_history=True)``), each layer's association rows (B, Q, state.length).
+        The state is left unchanged."""
+
+    # ---- the three paths, shared -------------------------------------------------------------
+    def forward(
+        self, stream_x: Tensor, stream_y: Tensor, query_x: Tensor, with_rows: bool = False
+    ) -> LearnerOutput:
+        """Parallel path. stream_x (B, N, *x_shape), stream_y (B, N[, y_dim]), query_x (B, Q, *x_shape)
+        -> logits (B, Q, y_vocab) (or (B, Q, y_dim)) and, if with_rows, rows over the 2N stream tokens."""
+        state = self.scan(self.embedding.stream(stream_x, stream_y), keep_history=with_rows)
+        return self.answer(state, query_x, with_rows)
+
+    def answer(self, state: State, query_x: Tensor, with_rows: bool = False) -> LearnerOutput:
+        """Logits of queries query_x: (B, Q, *x_shape) read from state (unchanged)."""
+        out, rows = self.read(state, self.embedding.embed_x(query_x), with_rows)
+        return LearnerOutput(self.head(self.norm_f(out)), rows)
+
+    def step_x(self, state: State, x: Tensor) -> State:
+        """Recurrent path: feed one x token per episode, x: (B, *x_shape)."""
+        return self.step(state, self.embedding.embed_x(x))
+
+    def step_y(self, state: State, y: Tensor) -> State:
+        """Recurrent path: feed one y token per episode, y: (B,) codes or (B, y_dim) targets."""
+        return self.step(state, self.embedding.embed_y(y).to(self.head.weight.dtype))
+
+    def query(self, state: State, query_x: Tensor) -> Tensor:
+        """Recurrent path: logits (B, Q, ...) for query_x (B, Q, *x_shape); the state is unchanged."""
+        return self.answer(state, query_x).logits
+
+    def empty_state(self, batch_size: int = 1) -> State:
+        p = self.head.weight
+        return self.init_state(batch_size, p.device, p.dtype)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,91 @@
+"""Token embeddings: how x and y examples become d_model vectors.
+
+Images go through a small CNN trained jointly with the learner (Lee et al.'s choice); vectors (sine
+regression) through an MLP. Labels are codes looked up in an embedding table; regression targets go
+through a linear map. The stream is laid out as separate interleaved tokens x1, y1, x2, y2, ...
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class ConvEncoder(nn.Module):
+    """Four conv-GroupNorm-ReLU-maxpool blocks, then a linear map to d_model.
+
+    GroupNorm rather than BatchNorm: an example's embedding must not depend on the others in the batch,
+    so that streaming one example at a time gives exactly what the parallel pass gives.
+    (B, C, H, W) -> (B, d_model)
+    """
+
+    def __init__(self, in_channels: int, channels: int, d_model: int, image_size: int) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        c_in = in_channels
+        for _ in range(4):
+            blocks += [
+                nn.Conv2d(c_in, channels, 3, padding=1),
+                nn.GroupNorm(min(8, channels), channels),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            c_in = channels
+        self.features = nn.Sequential(*blocks)
+        side = max(1, image_size // 16)
+        self.project = nn.Linear(channels * side * side, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.features(x).flatten(1))
+
+
+class VectorEncoder(nn.Module):
+    """(B, x_dim) -> (B, d_model): a two-layer MLP."""
+
+    def __init__(self, x_dim: int, d_model: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(x_dim, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class TokenEmbedding(nn.Module):
+    """Embeds x inputs and y labels/targets into d_model tokens and interleaves them.
+
+    x_shape: (C, H, W) for images, (x_dim,) for vectors.
+    y_vocab > 0: classification with that many label codes; otherwise regression with y_dim targets.
+    """
+
+    def __init__(
+        self, x_shape: tuple[int, ...], d_model: int, y_vocab: int, y_dim: int, encoder_channels: int
+    ) -> None:
+        super().__init__()
+        self.x_shape = tuple(x_shape)
+        if len(self.x_shape) == 3:
+            self.x_encoder: nn.Module = ConvEncoder(
+                self.x_shape[0], encoder_channels, d_model, self.x_shape[-1]
+            )
+        elif len(self.x_shape) == 1:
+            self.x_encoder = VectorEncoder(self.x_shape[0], d_model)
+        else:
+            raise ValueError(f"x_shape must be (C, H, W) or (x_dim,), not {self.x_shape}")
+        self.y_embed: nn.Module = (
+            nn.Embedding(y_vocab, d_model) if y_vocab > 0 else nn.Linear(y_dim, d_model)
+        )
+
+    def embed_x(self, x: Tensor) -> Tensor:
+        """(..., *x_shape) -> (..., d_model)"""
+        lead = x.shape[: x.dim() - len(self.x_shape)]
+        flat = x.reshape(-1, *self.x_shape)
+        return self.x_encoder(flat).reshape(*lead, -1)
+
+    def embed_y(self, y: Tensor) -> Tensor:
+        """(...) int64 codes or (..., y_dim) float targets -> (..., d_model)"""
+        return self.y_embed(y)
+
+    def stream(self, stream_x: Tensor, stream_y: Tensor) -> Tensor:
+        """(B, N, *x_shape), (B, N[, y_dim]) -> (B, 2N, d_model) as x1, y1, x2, y2, ..."""
+        hx = self.embed_x(stream_x)
+        hy = self.embed_y(stream_y).to(hx.dtype)
+        return torch.stack([hx, hy], dim=2).flatten(1, 2)
