@@ -1,62 +1,8 @@
-"""Learners: sequence models that learn in context. One interface (base.Learner), four models."""
+"""Learners: sequence models that learn in context. One interface (base.Learner), four models.
 
-from __future__ import annotations
+The registry (model name -> class) is in ``mclstudio.learners.registry``.
+"""
 
-from typing import Any
-
-from mclstudio.learners.attention import (
-    LinearTransformerConfig,
-    LinearTransformerLearner,
-    PerformerConfig,
-    PerformerLearner,
-    TransformerConfig,
-    TransformerLearner,
-)
 from mclstudio.learners.base import Learner, LearnerConfig, LearnerOutput, State
-from mclstudio.learners.mamba import MambaConfig, MambaLearner
 
-LEARNERS: dict[str, type[Learner]] = {
-    "mamba": MambaLearner,
-    "transformer": TransformerLearner,
-    "linear_transformer": LinearTransformerLearner,
-    "performer": PerformerLearner,
-}
-
-
-def config_from_dict(d: dict[str, Any]) -> LearnerConfig:
-    """Rebuild a config from ``LearnerConfig.to_dict()`` output (its "model" key picks the class)."""
-    name = d.get("model")
-    if name not in LEARNERS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(LEARNERS)}")
-    return LEARNERS[name].config_class.from_dict(d)
-
-
-def make_config(model: str, **overrides: Any) -> LearnerConfig:
-    """A model's default config with some fields changed (unknown fields are an error)."""
-    if model not in LEARNERS:
-        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(LEARNERS)}")
-    return LEARNERS[model].config_class(**overrides)
-
-
-def build_learner(config: LearnerConfig) -> Learner:
-    return LEARNERS[config.model](config)
-
-
-__all__ = [
-    "LEARNERS",
-    "Learner",
-    "LearnerConfig",
-    "LearnerOutput",
-    "State",
-    "MambaConfig",
-    "MambaLearner",
-    "TransformerConfig",
-    "TransformerLearner",
-    "LinearTransformerConfig",
-    "LinearTransformerLearner",
-    "PerformerConfig",
-    "PerformerLearner",
-    "build_learner",
-    "config_from_dict",
-    "make_config",
-]
+__all__ = ["Learner", "LearnerConfig", "LearnerOutput", "State"]

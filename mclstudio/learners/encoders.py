@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 
 class ConvEncoder(nn.Module):
-    """Four conv-GroupNorm-ReLU-maxpool blocks, then a linear map to d_model.
+    """Four conv-GroupNorm-ReLU blocks, each halving the image while it is larger than 1 pixel, then a
+    linear map to d_model (32x32 -> 2x2 x channels).
 
     GroupNorm rather than BatchNorm: an example's embedding must not depend on the others in the batch,
     so that streaming one example at a time gives exactly what the parallel pass gives.
@@ -23,16 +24,14 @@ class ConvEncoder(nn.Module):
         super().__init__()
         blocks: list[nn.Module] = []
         c_in = in_channels
+        side = image_size
         for _ in range(4):
-            blocks += [
-                nn.Conv2d(c_in, channels, 3, padding=1),
-                nn.GroupNorm(min(8, channels), channels),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-            ]
+            blocks += [nn.Conv2d(c_in, channels, 3, padding=1), nn.GroupNorm(min(8, channels), channels), nn.ReLU()]
+            if side >= 2:
+                blocks.append(nn.MaxPool2d(2))
+                side //= 2
             c_in = channels
         self.features = nn.Sequential(*blocks)
-        side = max(1, image_size // 16)
         self.project = nn.Linear(channels * side * side, d_model)
 
     def forward(self, x: Tensor) -> Tensor:
