@@ -1,0 +1,9 @@
+"""The data layer: episodes of Omniglot-mini, torchvision image datasets and sine regression.
+
+Imports nothing else from mclstudio. See docs/data.md.
+"""
+
+from mclstudio.data.episodes import DataError, Episode, EpisodeSpec
+from mclstudio.data.sources import OMNIGLOT_MINI_SPLITS, EpisodeSource, get_source
+
+__all__ = ["DataError", "Episode", "EpisodeSpec", "EpisodeSource", "get_source", "OMNIGLOT_MINI_SPLITS"]
