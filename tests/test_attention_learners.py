@@ -30,6 +30,15 @@ MODELS = {
 NAMES = list(MODELS)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors here are tiny: intra-op threads only cost (badly so on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(name: str, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides) -> AttentionLearner:
     cfg_cls, learner_cls, extra = MODELS[name]
     torch.manual_seed(seed)
