@@ -103,6 +103,13 @@ class Learner(nn.Module, ABC):
         )
         self.norm_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.y_vocab if config.y_vocab > 0 else config.y_dim)
+        if config.y_vocab > 0:
+            # Tie the output to the label embedding (as nanoGPT ties lm_head to wte): answering a query
+            # then means retrieving the embedding of the right y token, which meta-training finds far
+            # sooner than learning a separate code-to-logit map, and every code stays interchangeable.
+            self.head.weight = self.embedding.y_embed.weight
+            # Unit-scale logits at init: the head reads a LayerNorm-ed (unit-variance) vector.
+            nn.init.normal_(self.head.weight, std=d**-0.5)
 
     # ---- what a model supplies ---------------------------------------------------------------
     @abstractmethod

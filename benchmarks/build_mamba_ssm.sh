@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Build mamba_ssm's CUDA selective scan for Hopper (sm_90) from an unpacked sdist and install it into
+# /tmp/site (for a GPU machine with torch and nvcc but no package registry).
+#   bash benchmarks/build_mamba_ssm.sh .whl/mamba_ssm-2.2.6.post3 [WHEEL_DIR]
+# The sdist's setup.py has its -gencode list cut to sm_90 beforehand (about 2.5 minutes to build).
+set -euo pipefail
+src=$1
+wheels=${2:-/tmp/wheels}
+mkdir -p "$wheels" /tmp/site
+if ! ls "$wheels"/mamba_ssm-*.whl >/dev/null 2>&1; then
+  (cd "$src" && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=16 python3 -m pip wheel -q --no-build-isolation --no-deps . -w "$wheels")
+fi
+python3 -m pip install -q --no-index --no-deps --target /tmp/site "$wheels"/mamba_ssm-*.whl
+echo "installed $(ls "$wheels"/mamba_ssm-*.whl) into /tmp/site"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Meta-train the four shipped learners with the same budget: Omniglot-mini meta-train alphabets,
+# 20-task 5-shot episodes (5 query shots), the same steps, batch, learning rate and selectivity weight.
+# Runs the four trainings side by side on one GPU (or the CPU: set DEVICE=cpu and fewer STEPS).
+#   STEPS=3000 BATCH=64 OUTDIR=checkpoints bash checkpoints/train_shipped.sh
+# RESUME=1 continues each from its checkpoint in OUTDIR (up to the new STEPS).
+set -euo pipefail
+STEPS=${STEPS:-3000}
+BATCH=${BATCH:-64}
+LR=${LR:-5e-4}
+LAMBDA=${LAMBDA:-0.1}
+DEVICE=${DEVICE:-auto}
+OUTDIR=${OUTDIR:-checkpoints}
+LOGDIR=${LOGDIR:-$OUTDIR}
+PYTHON=${PYTHON:-python3}
+extra=()
+[ "${RESUME:-0}" = "1" ] && extra+=(--resume)
+mkdir -p "$OUTDIR" "$LOGDIR"
+common=(--dataset omniglot-mini --tasks 20 --shots 5 --test-shots 5 --steps "$STEPS" --batch-size "$BATCH"
+        --lr "$LR" --lr-halve-every 100000 --slct-lambda "$LAMBDA" --d-model 128 --layers 4 --y-vocab 100
+        --encoder-channels 64 --device "$DEVICE" --checkpoint-every 250 --log-every 50 --seed 0)
+pids=()
+for model in mamba transformer linear_transformer performer; do
+  heads=()
+  [ "$model" != mamba ] && heads=(--heads 4 --d-ff 256)
+  "$PYTHON" -m mclstudio train --model "$model" "${common[@]}" "${heads[@]}" "${extra[@]}" \
+    -o "$OUTDIR/$model.pt" >"$LOGDIR/train_$model.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status

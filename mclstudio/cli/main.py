@@ -1,0 +1,199 @@
+"""The `mclstudio` command line.
+
+Every command answers bad input with one line on stderr and a non-zero exit, never a traceback
+(set MCLSTUDIO_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from mclstudio import __version__
+from mclstudio.cli.errors import ERROR_TYPES
+
+MODELS = ["mamba", "transformer", "linear_transformer", "performer"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mclstudio")
+def cli() -> None:
+    """mclstudio: meta-continual learners (Mamba, Transformer, Linear Transformer, Performer) that learn
+    in context, in the terminal."""
+
+
+def _learner_overrides(**kw: Any) -> dict[str, Any]:
+    names = {"d_model": "d_model", "layers": "n_layers", "d_state": "d_state", "heads": "n_heads",
+             "d_ff": "d_ff", "features": "n_features", "y_vocab": "y_vocab", "encoder_channels": "encoder_channels",
+             "dropout": "dropout"}
+    return {names[k]: v for k, v in kw.items() if v is not None}
+
+
+@cli.command()
+@click.option("--model", type=click.Choice(MODELS), default="mamba", show_default=True)
+@click.option("--dataset", default="omniglot-mini", show_default=True,
+              help="omniglot-mini, sine, or torchvision:<Name> (e.g. torchvision:Omniglot).")
+@click.option("--root", default=None, help="Folder of a torchvision dataset.")
+@click.option("--download", is_flag=True, help="Let torchvision download the dataset into --root.")
+@click.option("--tasks", default=20, show_default=True, help="Tasks (classes) per episode.")
+@click.option("--shots", default=5, show_default=True, help="Training shots per task.")
+@click.option("--test-shots", default=5, show_default=True, help="Query shots per task.")
+@click.option("--noise", default=0.0, show_default=True, help="Gaussian input-noise std during training.")
+@click.option("--steps", default=2000, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Episodes per step (per process).")
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--lr-halve-every", default=10000, show_default=True)
+@click.option("--warmup", default=100, show_default=True, help="Linear learning-rate warm-up steps.")
+@click.option("--slct-lambda", default=0.1, show_default=True, help="Selectivity regularisation weight (0 = off).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--checkpoint-every", default=500, show_default=True)
+@click.option("--log-every", default=25, show_default=True)
+@click.option("-o", "--out", default=None, help="Checkpoint path [checkpoints/<model>.pt].")
+@click.option("--resume", is_flag=True, help="Continue from --out if it exists.")
+@click.option("--d-model", type=int, default=None)
+@click.option("--layers", type=int, default=None)
+@click.option("--d-state", type=int, default=None, help="Mamba state size.")
+@click.option("--heads", type=int, default=None, help="Attention heads.")
+@click.option("--d-ff", type=int, default=None, help="Attention models' feed-forward width.")
+@click.option("--features", type=int, default=None, help="Performer random features.")
+@click.option("--dropout", type=float, default=None, help="Attention models' dropout.")
+@click.option("--y-vocab", type=int, default=None, help="Label codes (size for the longest stream to test) [100].")
+@click.option("--encoder-channels", type=int, default=None)
+def train(**kw: Any) -> None:
+    """Meta-train a learner on the meta-train split."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mclstudio.training.trainer import TrainConfig, TrainLog
+    from mclstudio.training.trainer import train as run_training
+
+    learner = _learner_overrides(**{k: kw.pop(k) for k in list(kw) if k in (
+        "d_model", "layers", "d_state", "heads", "d_ff", "features", "y_vocab", "encoder_channels", "dropout")})
+    cfg = TrainConfig(
+        model=kw["model"], dataset=kw["dataset"], root=kw["root"], download=kw["download"], tasks=kw["tasks"],
+        train_shots=kw["shots"], test_shots=kw["test_shots"], noise_std=kw["noise"], steps=kw["steps"],
+        batch_size=kw["batch_size"], lr=kw["lr"], lr_halve_every=kw["lr_halve_every"], warmup_steps=kw["warmup"],
+        slct_lambda=kw["slct_lambda"], seed=kw["seed"], device=kw["device"], amp=kw["amp"],
+        checkpoint_every=kw["checkpoint_every"], log_every=kw["log_every"],
+        out=kw["out"] or f"checkpoints/{kw['model']}.pt", resume=kw["resume"], learner=learner,
+    )
+    interactive = sys.stderr.isatty()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=False, disable=not interactive,
+    )
+    bar = progress.add_task(f"train {cfg.model}", total=cfg.steps, stats="")
+
+    def on_log(log: TrainLog) -> None:
+        stats = (f"loss {log.loss:.3f} (ce {log.task_loss:.3f} slct {log.slct_loss:.3f}) "
+                 f"acc {log.accuracy:.3f} {log.episodes_per_s:.0f} ep/s")
+        progress.update(bar, completed=log.step, stats=stats)
+        if not interactive:
+            click.echo(f"step {log.step}/{log.steps} {stats}", err=True)
+
+    with progress:
+        final = run_training(cfg, on_log)
+    click.echo(f"saved {cfg.out} after {cfg.steps} steps: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in final.items() if k in ("loss", "accuracy", "episodes_per_s")))
+
+
+@cli.command(name="eval")
+@click.argument("checkpoint")
+@click.option("--episodes", default=512, show_default=True, help="Meta-test episodes per setting.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--noise", "noise_levels", multiple=True, type=float, help="Input-noise stds [0.5, 1.0].")
+@click.option("--domain", "domains", multiple=True, help="Another dataset to meta-test on (repeatable).")
+@click.option("--root", default=None, help="Folder for torchvision datasets.")
+@click.option("--download", is_flag=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def eval_command(checkpoint: str, episodes: int, batch_size: int, noise_levels: tuple[float, ...],
+                 domains: tuple[str, ...], root: str | None, download: bool, device: str, amp: bool,
+                 as_json: bool) -> None:
+    """Meta-test a checkpoint: trained setting, longer streams, more shots, noise, other domains."""
+    from mclstudio.training.checkpoint import load_checkpoint
+    from mclstudio.training.evaluate import evaluate_checkpoint
+    from mclstudio.training.trainer import resolve_device
+
+    if episodes < 1 or batch_size < 1:
+        raise click.BadParameter("episodes and batch size must be at least 1")
+    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
+    results = evaluate_checkpoint(
+        ckpt.learner, ckpt.metadata, episodes=episodes, batch_size=batch_size,
+        noise_levels=noise_levels or (0.5, 1.0), domains=domains, root=root, download=download, amp=amp,
+    )
+    summary = {
+        "checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "model": ckpt.learner.config.model,
+        "parameters": ckpt.learner.num_parameters(), "device": str(next(ckpt.learner.parameters()).device),
+        "results": [r.to_dict() for r in results],
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{ckpt.path.name}: {summary['model']}, {summary['parameters']:,} parameters")
+    for col in ("setting", "dataset", "tasks", "shots", "noise", "episodes", "score", "95% CI", "ep/s"):
+        table.add_column(col, justify="left" if col in ("setting", "dataset") else "right")
+    for r in results:
+        if r.skipped:
+            table.add_row(r.name, r.dataset, str(r.tasks), str(r.train_shots), f"{r.noise_std:g}", "-",
+                          "skipped", r.skipped[:60], "-")
+            continue
+        score = f"{100 * r.mean:.1f}%" if r.metric == "accuracy" else f"{r.mean:.4f} mse"
+        ci = f"±{100 * r.ci95:.1f}" if r.metric == "accuracy" else f"±{r.ci95:.4f}"
+        table.add_row(r.name, r.dataset, str(r.tasks), str(r.train_shots), f"{r.noise_std:g}", str(r.episodes),
+                      score, ci, f"{r.episodes_per_s:.0f}")
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("checkpoint")
+def info(checkpoint: str) -> None:
+    """Show a checkpoint's learner config and metadata."""
+    from mclstudio.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    click.echo(json.dumps({"checkpoint": str(ckpt.path), "sha256": ckpt.sha256,
+                           "parameters": ckpt.learner.num_parameters(),
+                           "config": ckpt.learner.config.to_dict(), "metadata": ckpt.metadata}, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning known errors into one line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="mclstudio", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except ERROR_TYPES as exc:
+        if os.environ.get("MCLSTUDIO_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"error: {message}", err=True)
+        sys.exit(2)
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if os.environ.get("MCLSTUDIO_DEBUG"):
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {str(exc).strip()[:200]} "
+                   "(set MCLSTUDIO_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Meta-training and evaluation of learners: losses, checkpoints, the training loop, evaluation."""

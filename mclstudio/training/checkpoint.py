@@ -1,0 +1,115 @@
+"""Checkpoints: one .pt file with the learner's config, state_dict and metadata.
+
+The file holds only tensors and plain Python values, so it loads with torch.load(weights_only=True);
+a file that would need arbitrary unpickling is refused. Writes are atomic (temporary file, then rename),
+so a crash mid-save never leaves a half-written checkpoint where the last good one was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mclstudio
+from mclstudio.learners.base import Learner
+from mclstudio.learners.registry import build_learner, config_from_dict
+
+FORMAT = "mclstudio-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used. The message is one line."""
+
+
+@dataclass
+class Checkpoint:
+    learner: Learner
+    metadata: dict[str, Any]
+    path: Path
+    sha256: str
+    training_state: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    path: str | Path,
+    learner: Learner,
+    metadata: dict[str, Any],
+    training_state: dict[str, Any] | None = None,
+) -> None:
+    """Write learner + metadata (+ optimizer/scheduler/step for resuming) atomically to path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": learner.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in learner.state_dict().items()},
+        "metadata": {**metadata, "mclstudio_version": mclstudio.__version__},
+    }
+    if training_state is not None:
+        payload["training_state"] = training_state
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", with_training_state: bool = False
+) -> Checkpoint:
+    """Load a checkpoint safely (weights_only). Raises CheckpointError with a one-line reason."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a folder, not a file: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a torch.save archive)")
+    try:
+        raw = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} needs arbitrary unpickling, which mclstudio refuses for safety ({first[:120]})"
+        ) from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an mclstudio checkpoint (no '{FORMAT}' format tag)")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {raw.get('format_version')}; this mclstudio reads {FORMAT_VERSION}"
+        )
+    try:
+        learner = build_learner(config_from_dict(raw["config"]))
+        learner.load_state_dict(raw["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} does not match its learner config: {first[:160]}") from None
+    learner.to(device).eval()
+    return Checkpoint(
+        learner=learner,
+        metadata=dict(raw.get("metadata", {})),
+        path=path,
+        sha256=file_sha256(path),
+        training_state=raw.get("training_state") if with_training_state else None,
+    )

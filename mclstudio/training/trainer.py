@@ -1,0 +1,245 @@
+"""Meta-training: many episodes of the meta-train split, cross-entropy on queries + lambda * l_slct.
+
+Runs on the CPU or one GPU, or on several under torchrun (DDP; NCCL on GPUs, gloo on CPUs). Each rank
+draws its own episodes (seeds never overlap), so a global batch is batch_size * world_size episodes.
+Checkpoints are written every ``checkpoint_every`` steps and at the end; ``resume`` picks up from the
+last one, optimizer and schedule included.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from mclstudio.data import EpisodeSpec, get_source
+from mclstudio.learners.base import Learner
+from mclstudio.learners.registry import LEARNERS, build_learner, make_config
+from mclstudio.metrics import episode_accuracy, episode_mse
+from mclstudio.training.checkpoint import load_checkpoint, save_checkpoint
+from mclstudio.training.losses import selectivity_kl, task_loss
+
+
+@dataclass
+class TrainConfig:
+    """Everything a meta-training run depends on. ``learner`` overrides the model's default config
+    (d_model, n_layers, d_state, n_heads, ...); x_shape and the label/target sizes come from the data."""
+
+    model: str = "mamba"
+    dataset: str = "omniglot-mini"
+    root: str | None = None
+    download: bool = False
+    tasks: int = 20
+    train_shots: int = 5
+    test_shots: int = 5
+    noise_std: float = 0.0
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-4
+    lr_halve_every: int = 10000
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    slct_lambda: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    checkpoint_every: int = 500
+    log_every: int = 25
+    out: str = "checkpoints/model.pt"
+    resume: bool = False
+    learner: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.model not in LEARNERS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(LEARNERS)}")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "lr_halve_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup steps must be >= 0, not {self.warmup_steps}")
+        if self.lr <= 0:
+            raise ValueError(f"learning rate must be positive, not {self.lr}")
+        if self.slct_lambda < 0:
+            raise ValueError(f"selectivity lambda must be >= 0, not {self.slct_lambda}")
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainLog:
+    """What the loop reports every log_every steps (running means over that window)."""
+
+    step: int
+    steps: int
+    loss: float
+    task_loss: float
+    slct_loss: float
+    accuracy: float  # query accuracy, or -MSE for regression
+    episodes_per_s: float
+    lr: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+
+
+def episode_seed(base_seed: int, step: int, rank: int, world: int, index: int, batch: int) -> int:
+    """A distinct seed for every training episode of every rank and step."""
+    return base_seed * 1_000_003_000 + (step * world + rank) * batch + index
+
+
+def _distributed_context() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def build_for_data(cfg: TrainConfig, source_x_shape: tuple[int, ...], y_dim: int) -> Learner:
+    overrides = dict(cfg.learner)
+    overrides["x_shape"] = tuple(source_x_shape)
+    if y_dim > 0:
+        overrides.update(y_vocab=0, y_dim=y_dim)
+    else:
+        overrides.setdefault("y_vocab", max(100, cfg.tasks))
+        if overrides["y_vocab"] < cfg.tasks:
+            raise ValueError(f"{cfg.tasks} tasks need at least {cfg.tasks} label codes (y_vocab)")
+    torch.manual_seed(cfg.seed)
+    return build_learner(make_config(cfg.model, **overrides))
+
+
+def train(cfg: TrainConfig, on_log: Callable[[TrainLog], None] | None = None) -> dict[str, Any]:
+    """Meta-train a learner as ``cfg`` says; returns the final metrics. Writes cfg.out (rank 0 only)."""
+    cfg.validate()
+    rank, world, local_rank = _distributed_context()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    source = get_source(cfg.dataset, root=cfg.root, download=cfg.download).to(device)
+
+    learner = build_for_data(cfg, source.x_shape, source.y_dim).to(device)
+    num_codes = None if learner.config.is_regression else learner.config.y_vocab
+    base_spec = EpisodeSpec(
+        dataset=cfg.dataset, split="train", tasks=cfg.tasks, train_shots=cfg.train_shots,
+        test_shots=cfg.test_shots, seed=0, noise_std=cfg.noise_std, num_codes=num_codes,
+    )
+    base_spec.validate()
+    source.episode(base_spec)  # fail early (too many tasks, too few samples) before any training
+
+    optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
+    # Linear warm-up, then Lee et al.'s schedule: halve the learning rate every lr_halve_every steps.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 ** (s // cfg.lr_halve_every),
+    )
+    start_step = 0
+    out = Path(cfg.out)
+    if cfg.resume and out.exists():
+        ckpt = load_checkpoint(out, device=device, with_training_state=True)
+        if ckpt.learner.config.to_dict() != learner.config.to_dict():
+            raise ValueError(f"cannot resume from {out}: it holds a different learner config")
+        learner.load_state_dict(ckpt.learner.state_dict())
+        if ckpt.training_state:
+            optimizer.load_state_dict(ckpt.training_state["optimizer"])
+            schedule.load_state_dict(ckpt.training_state["scheduler"])
+            start_step = int(ckpt.training_state["step"])
+
+    model: torch.nn.Module = learner
+    if world > 1:
+        model = DistributedDataParallel(learner, device_ids=[local_rank] if device.type == "cuda" else None)
+    use_amp = cfg.amp and device.type == "cuda"
+    regression = learner.config.is_regression
+    window: dict[str, float] = {"loss": 0.0, "task": 0.0, "slct": 0.0, "acc": 0.0, "n": 0}
+    last_log: TrainLog | None = None
+    tick = time.perf_counter()
+
+    def metadata(step: int) -> dict[str, Any]:
+        return {
+            "dataset": cfg.dataset,
+            "split": "train",
+            "steps": step,
+            "train_config": {**asdict(cfg), "learner": dict(cfg.learner)},
+            "episode_spec": base_spec.to_dict(),
+            "world_size": world,
+            "final_metrics": asdict(last_log) if last_log else {},
+        }
+
+    def checkpoint(step: int) -> None:
+        if rank == 0:
+            save_checkpoint(
+                out, learner, metadata(step),
+                training_state={"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "step": step},
+            )
+
+    learner.train()
+    for step in range(start_step, cfg.steps):
+        specs = [
+            base_spec.with_seed(episode_seed(cfg.seed, step, rank, world, i, cfg.batch_size))
+            for i in range(cfg.batch_size)
+        ]
+        ep = source.batch(specs)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
+            logits, rows = model(ep.stream_x, ep.stream_y, ep.query_x, with_rows=cfg.slct_lambda > 0)
+            loss_task = task_loss(logits, ep.query_y)
+            loss_slct = (
+                selectivity_kl(rows, ep.stream_task, ep.query_task) if rows is not None else loss_task.new_zeros(())
+            )
+            loss = loss_task + cfg.slct_lambda * loss_slct
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; try a lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(learner.parameters(), cfg.grad_clip)
+        optimizer.step()
+        schedule.step()
+
+        with torch.no_grad():
+            score = -episode_mse(logits, ep.query_y) if regression else episode_accuracy(logits, ep.query_y)
+        window["loss"] += loss.item()
+        window["task"] += loss_task.item()
+        window["slct"] += loss_slct.item()
+        window["acc"] += score.mean().item()
+        window["n"] += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.perf_counter() - tick
+            n = window["n"]
+            last_log = TrainLog(
+                step=done, steps=cfg.steps, loss=window["loss"] / n, task_loss=window["task"] / n,
+                slct_loss=window["slct"] / n, accuracy=window["acc"] / n,
+                episodes_per_s=n * cfg.batch_size * world / max(elapsed, 1e-9), lr=schedule.get_last_lr()[0],
+            )
+            if on_log is not None and rank == 0:
+                on_log(last_log)
+            window = dict.fromkeys(window, 0.0)
+            tick = time.perf_counter()
+        if done % cfg.checkpoint_every == 0 and done != cfg.steps:
+            checkpoint(done)
+    checkpoint(cfg.steps)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return asdict(last_log) if last_log else {}
+
