@@ -15,6 +15,7 @@ LOGDIR=${LOGDIR:-$OUTDIR}
 PYTHON=${PYTHON:-python3}
 extra=()
 [ "${RESUME:-0}" = "1" ] && extra+=(--resume)
+[ -n "${MAX_MINUTES:-}" ] && extra+=(--max-minutes "$MAX_MINUTES")
 mkdir -p "$OUTDIR" "$LOGDIR"
 common=(--dataset omniglot-mini --tasks 20 --shots 5 --test-shots 5 --steps "$STEPS" --batch-size "$BATCH"
         --lr "$LR" --lr-halve-every 100000 --slct-lambda "$LAMBDA" --d-model 128 --layers 4 --y-vocab 100

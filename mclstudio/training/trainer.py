@@ -55,6 +55,7 @@ class TrainConfig:
     log_every: int = 25
     out: str = "checkpoints/model.pt"
     resume: bool = False
+    max_minutes: float = 0.0  # stop early (with a checkpoint) after this long; 0 = no limit
     learner: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -114,6 +115,14 @@ def _distributed_context() -> tuple[int, int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _out_of_time(started: float, max_minutes: float, world: int, device: torch.device) -> bool:
+    """True once max_minutes have passed; under DDP every rank follows rank 0's clock."""
+    over = torch.tensor([float(time.perf_counter() - started > 60 * max_minutes)], device=device)
+    if world > 1:
+        dist.broadcast(over, src=0)
+    return bool(over.item())
 
 
 def build_for_data(cfg: TrainConfig, source_x_shape: tuple[int, ...], y_dim: int) -> Learner:
@@ -194,6 +203,8 @@ def train(cfg: TrainConfig, on_log: Callable[[TrainLog], None] | None = None) ->
             )
 
     learner.train()
+    started = time.perf_counter()
+    done = start_step
     for step in range(start_step, cfg.steps):
         specs = [
             base_spec.with_seed(episode_seed(cfg.seed, step, rank, world, i, cfg.batch_size))
@@ -237,7 +248,9 @@ def train(cfg: TrainConfig, on_log: Callable[[TrainLog], None] | None = None) ->
             tick = time.perf_counter()
         if done % cfg.checkpoint_every == 0 and done != cfg.steps:
             checkpoint(done)
-    checkpoint(cfg.steps)
+        if cfg.max_minutes > 0 and _out_of_time(started, cfg.max_minutes, world, device):
+            break
+    checkpoint(done)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
