@@ -18,7 +18,7 @@ import sys
 import torch
 
 from mclstudio.learners.mamba import MambaConfig, MambaLearner, MambaMixer
-from mclstudio.learners.scan import cuda_scan_available, selective_scan
+from mclstudio.learners.scan import CUDA_SCAN_IMPORT_ERROR, cuda_scan_available, selective_scan
 
 TOLERANCE = 1e-3  # relative error ||a - b|| / ||b||; float32 lands far below
 
@@ -47,7 +47,10 @@ def check_scan(seed: int, batch: int = 4, d_inner: int = 64, d_state: int = 16, 
 
 
 def check_state_dict_interchange(seed: int) -> dict:
-    from mamba_ssm.modules.mamba_simple import Mamba
+    try:
+        from mamba_ssm.modules.mamba_simple import Mamba
+    except Exception as exc:  # see scan._import_cuda_scan: the package body may not import
+        return {"skipped": f"mamba_ssm.modules.mamba_simple does not import: {type(exc).__name__}: {exc}"[:300]}
 
     torch.manual_seed(seed)
     ours = MambaMixer(MambaConfig(d_model=64)).cuda()
@@ -79,7 +82,8 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if not cuda_scan_available():
-        print(json.dumps({"error": "needs a CUDA GPU and mamba_ssm (pip install 'mclstudio[cuda]')"}))
+        print(json.dumps({"error": "needs a CUDA GPU and mamba_ssm (pip install 'mclstudio[cuda]')",
+                          "cuda": torch.cuda.is_available(), "mamba_ssm_import": CUDA_SCAN_IMPORT_ERROR}))
         sys.exit(1)
     report = {
         "device": torch.cuda.get_device_name(0),
@@ -90,7 +94,8 @@ def main() -> None:
         "learner": check_learner(0),
     }
     errors = [v for s in report["scan"] for v in s.values()]
-    errors += list(report["state_dict_interchange"].values()) + list(report["learner"].values())
+    errors += [v for v in report["state_dict_interchange"].values() if isinstance(v, float)]
+    errors += list(report["learner"].values())
     report["max_relative_error"] = max(errors)
     report["ok"] = report["max_relative_error"] < TOLERANCE
     text = json.dumps(report, indent=2)

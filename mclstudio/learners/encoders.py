@@ -72,6 +72,7 @@ class TokenEmbedding(nn.Module):
         self.y_embed: nn.Module = (
             nn.Embedding(y_vocab, d_model) if y_vocab > 0 else nn.Linear(y_dim, d_model)
         )
+        self.y_scale = d_model**0.5
 
     def embed_x(self, x: Tensor) -> Tensor:
         """(..., *x_shape) -> (..., d_model)"""
@@ -81,6 +82,10 @@ class TokenEmbedding(nn.Module):
 
     def embed_y(self, y: Tensor) -> Tensor:
         """(...) int64 codes or (..., y_dim) float targets -> (..., d_model)"""
+        if isinstance(self.y_embed, nn.Embedding):
+            # The table is shared with the output head and kept small for unit-scale logits; scaled up
+            # here (as Vaswani et al. scale embeddings) so label tokens are not drowned by positions.
+            return self.y_embed(y) * self.y_scale
         return self.y_embed(y)
 
     def stream(self, stream_x: Tensor, stream_y: Tensor) -> Tensor:

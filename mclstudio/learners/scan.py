@@ -10,16 +10,53 @@ for streaming. Shapes follow mamba_ssm: channels before time.
 
 from __future__ import annotations
 
-from typing import Literal
+import importlib
+import importlib.util
+import sys
+import types
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-try:  # The CUDA kernel is optional: `pip install mclstudio[cuda]` on a machine with nvcc.
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _cuda_selective_scan
-except Exception:  # ImportError, or a build whose extension fails to load
-    _cuda_selective_scan = None
+
+
+def _import_cuda_scan() -> tuple[Callable[..., Any] | None, str]:
+    """mamba_ssm's fused selective_scan_fn, or None and the reason it is missing.
+
+    mamba_ssm's package __init__ also imports its language-model code, which breaks with some
+    transformers releases (5.x removed names it imports). The scan needs none of that, so when the
+    normal import fails for such a reason we import the ops module with the package body skipped.
+    """
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        return selective_scan_fn, ""
+    except ModuleNotFoundError as exc:
+        if exc.name in ("mamba_ssm", "selective_scan_cuda"):
+            return None, f"{exc.name} is not installed"
+        first_error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a build whose extension fails to load, or a broken dependency
+        first_error = f"{type(exc).__name__}: {exc}"
+    spec = importlib.util.find_spec("mamba_ssm")
+    if spec is None or not spec.submodule_search_locations:
+        return None, first_error
+    for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+        del sys.modules[name]
+    package = types.ModuleType("mamba_ssm")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["mamba_ssm"] = package
+    try:
+        module = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+        return module.selective_scan_fn, ""
+    except Exception as exc:
+        del sys.modules["mamba_ssm"]
+        return None, f"{first_error}; without the package body: {type(exc).__name__}: {exc}"
+
+
+_cuda_selective_scan, CUDA_SCAN_IMPORT_ERROR = _import_cuda_scan()
 
 ScanBackend = Literal["auto", "reference", "cuda"]
 
@@ -49,7 +86,8 @@ def selective_scan(
     use_cuda = backend == "cuda" or (backend == "auto" and u.is_cuda and _cuda_selective_scan is not None)
     if use_cuda:
         if _cuda_selective_scan is None:
-            raise RuntimeError("the CUDA selective scan needs mamba_ssm: pip install 'mclstudio[cuda]'")
+            raise RuntimeError(f"the CUDA selective scan is unavailable ({CUDA_SCAN_IMPORT_ERROR}); "
+                               "pip install 'mclstudio[cuda]' on a machine with nvcc")
         y, last_state = _cuda_selective_scan(
             u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
             D.float(), z=z.contiguous(), delta_bias=delta_bias.float(), delta_softplus=True,
