@@ -1,7 +1,8 @@
 """Check the CUDA path against the CPU path (run on a GPU machine with mamba_ssm installed).
 
 1. mamba_ssm's fused selective scan vs our reference scan on random inputs: outputs, last state and
-   gradients of every input, in float32.
+   gradients of every input through both (mamba_ssm's own backward ignores the last state's
+   gradient; selective_scan rebuilds that state differentiably), in float32.
 2. State-dict interchange: our MambaMixer's state_dict loads strictly into mamba_ssm.Mamba and both give
    the same outputs.
 3. A whole MambaLearner: logits with the CUDA scan on the GPU vs the reference scan on the CPU.

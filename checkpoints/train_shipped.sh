@@ -6,9 +6,10 @@
 # RESUME=1 continues each from its checkpoint in OUTDIR (up to the new STEPS).
 set -euo pipefail
 STEPS=${STEPS:-3000}
-BATCH=${BATCH:-32}
+BATCH=${BATCH:-64}
 LR=${LR:-1e-3}
-LAMBDA=${LAMBDA:-0.1}
+LAMBDA=${LAMBDA:-0.5}
+PRETRAIN=${PRETRAIN:-300}
 DEVICE=${DEVICE:-auto}
 OUTDIR=${OUTDIR:-checkpoints}
 LOGDIR=${LOGDIR:-$OUTDIR}
@@ -18,7 +19,7 @@ extra=()
 [ -n "${MAX_MINUTES:-}" ] && extra+=(--max-minutes "$MAX_MINUTES")
 mkdir -p "$OUTDIR" "$LOGDIR"
 common=(--dataset omniglot-mini --tasks 20 --shots 5 --test-shots 5 --steps "$STEPS" --batch-size "$BATCH"
-        --lr "$LR" --lr-halve-every 3000 --warmup 200 --slct-lambda "$LAMBDA" --d-model 128 --layers 4 --y-vocab 100
+        --lr "$LR" --lr-halve-every 3000 --warmup 200 --slct-lambda "$LAMBDA" --pretrain-steps "$PRETRAIN" --d-model 128 --layers 4 --y-vocab 100
         --encoder-channels 32 --device "$DEVICE" --checkpoint-every 250 --log-every 50 --seed 0)
 pids=()
 for model in mamba transformer linear_transformer performer; do

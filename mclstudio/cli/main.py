@@ -56,6 +56,8 @@ def _learner_overrides(**kw: Any) -> dict[str, Any]:
 @click.option("--log-every", default=25, show_default=True)
 @click.option("-o", "--out", default=None, help="Checkpoint path [checkpoints/<model>.pt].")
 @click.option("--resume", is_flag=True, help="Continue from --out if it exists.")
+@click.option("--pretrain-steps", default=0, show_default=True,
+              help="Pre-train the encoder with a prototypical loss on meta-train episodes first.")
 @click.option("--max-minutes", default=0.0, show_default=True, help="Stop (with a checkpoint) after this long; 0 = no limit.")
 @click.option("--d-model", type=int, default=None)
 @click.option("--layers", type=int, default=None)
@@ -81,7 +83,7 @@ def train(**kw: Any) -> None:
         batch_size=kw["batch_size"], lr=kw["lr"], lr_halve_every=kw["lr_halve_every"], warmup_steps=kw["warmup"],
         slct_lambda=kw["slct_lambda"], seed=kw["seed"], device=kw["device"], amp=kw["amp"],
         checkpoint_every=kw["checkpoint_every"], log_every=kw["log_every"],
-        out=kw["out"] or f"checkpoints/{kw['model']}.pt", resume=kw["resume"], max_minutes=kw["max_minutes"], learner=learner,
+        out=kw["out"] or f"checkpoints/{kw['model']}.pt", resume=kw["resume"], max_minutes=kw["max_minutes"], pretrain_steps=kw["pretrain_steps"], learner=learner,
     )
     interactive = sys.stderr.isatty()
     progress = Progress(
@@ -97,8 +99,12 @@ def train(**kw: Any) -> None:
         if not interactive:
             click.echo(f"step {log.step}/{log.steps} {stats}", err=True)
 
+    def on_pretrain_log(step: int, loss: float, accuracy: float) -> None:
+        click.echo(f"encoder pre-training {step}/{cfg.pretrain_steps}: loss {loss:.3f} accuracy {accuracy:.3f}",
+                   err=True)
+
     with progress:
-        final = run_training(cfg, on_log)
+        final = run_training(cfg, on_log, on_pretrain_log)
     click.echo(f"saved {cfg.out} after {final.get('step', cfg.steps)} steps: " + ", ".join(
         f"{k} {v:.4g}" for k, v in final.items() if k in ("loss", "accuracy", "episodes_per_s")))
 

@@ -105,11 +105,10 @@ class MambaMixer(nn.Module):
         x = F.silu(self.conv1d(x)[..., :L])
         dt, B, C = self._ssm_inputs(x.transpose(1, 2))
         dt, B, C = dt.transpose(1, 2), B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        y, ssm_state = selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend)
         keys = None
         if keep_keys:
-            delta = F.softplus(dt.float() + self.dt_proj.bias[:, None])
-            keys = stream_keys(delta, self.A, B)
+            keys = stream_keys(F.softplus(dt.float() + self.dt_proj.bias[:, None]), self.A, B)
+        y, ssm_state = selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend, keys)
         return self.out_proj(y.transpose(1, 2)), conv_state.contiguous(), ssm_state, keys
 
     def step(

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mclstudio.learners.hidden_attention import stream_keys
+
 
 
 def _import_cuda_scan() -> tuple[Callable[..., Any] | None, str]:
@@ -76,11 +78,13 @@ def selective_scan(
     z: Tensor,
     delta_bias: Tensor,
     backend: ScanBackend = "auto",
+    keys: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Scan a whole sequence; delta goes through softplus(delta + delta_bias).
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, N) (negative); B, C: (batch, N, L);
-    D, delta_bias: (d_inner,).
+    D, delta_bias: (d_inner,). keys: the stream's hidden-attention keys if the caller has them
+    (``hidden_attention.stream_keys``), reused by the CUDA path for a differentiable last state.
     Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) in float32.
     """
     use_cuda = backend == "cuda" or (backend == "auto" and u.is_cuda and _cuda_selective_scan is not None)
@@ -93,6 +97,12 @@ def selective_scan(
             D.float(), z=z.contiguous(), delta_bias=delta_bias.float(), delta_softplus=True,
             return_last_state=True,
         )
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, delta_bias)):
+            # mamba_ssm's backward ignores the gradient of last_state, and our queries are read from
+            # it: rebuild the same state differentiably as sum_j H_j * u_j (see hidden_attention).
+            if keys is None:
+                keys = stream_keys(F.softplus(delta.float() + delta_bias.float()[:, None]), A, B)
+            last_state = torch.einsum("bldn,bdl->bdn", keys, u.float())
         return y, last_state.float()
     return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias)
 

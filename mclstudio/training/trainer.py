@@ -26,6 +26,7 @@ from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.metrics import episode_accuracy, episode_mse
 from mclstudio.training.checkpoint import load_checkpoint, save_checkpoint
 from mclstudio.training.losses import selectivity_kl, task_loss
+from mclstudio.training.pretrain import pretrain_encoder
 
 
 @dataclass
@@ -55,12 +56,15 @@ class TrainConfig:
     log_every: int = 25
     out: str = "checkpoints/model.pt"
     resume: bool = False
+    pretrain_steps: int = 0  # prototypical pre-training of the encoder first (see pretrain.py)
     max_minutes: float = 0.0  # stop early (with a checkpoint) after this long; 0 = no limit
     learner: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.model not in LEARNERS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(LEARNERS)}")
+        if self.pretrain_steps < 0:
+            raise ValueError(f"pretrain steps must be >= 0, not {self.pretrain_steps}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "lr_halve_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(self, name)}")
@@ -138,8 +142,14 @@ def build_for_data(cfg: TrainConfig, source_x_shape: tuple[int, ...], y_dim: int
     return build_learner(make_config(cfg.model, **overrides))
 
 
-def train(cfg: TrainConfig, on_log: Callable[[TrainLog], None] | None = None) -> dict[str, Any]:
-    """Meta-train a learner as ``cfg`` says; returns the final metrics. Writes cfg.out (rank 0 only)."""
+def train(
+    cfg: TrainConfig,
+    on_log: Callable[[TrainLog], None] | None = None,
+    on_pretrain_log: Callable[[int, float, float], None] | None = None,
+) -> dict[str, Any]:
+    """Meta-train a learner as ``cfg`` says; returns the final metrics. Writes cfg.out (rank 0 only).
+    on_log gets a TrainLog every log_every steps; on_pretrain_log(step, loss, accuracy) reports
+    encoder pre-training."""
     cfg.validate()
     rank, world, local_rank = _distributed_context()
     device = resolve_device(cfg.device)
@@ -175,6 +185,13 @@ def train(cfg: TrainConfig, on_log: Callable[[TrainLog], None] | None = None) ->
             schedule.load_state_dict(ckpt.training_state["scheduler"])
             start_step = int(ckpt.training_state["step"])
 
+    pretrain_accuracy = None
+    if cfg.pretrain_steps > 0 and start_step == 0:
+        pretrain_accuracy = pretrain_encoder(
+            learner.embedding, source, base_spec, cfg.pretrain_steps, cfg.batch_size, cfg.lr, cfg.seed + rank,
+            on_pretrain_log if rank == 0 else None,
+        )
+
     model: torch.nn.Module = learner
     if world > 1:
         model = DistributedDataParallel(learner, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -192,6 +209,7 @@ def train(cfg: TrainConfig, on_log: Callable[[TrainLog], None] | None = None) ->
             "train_config": {**asdict(cfg), "learner": dict(cfg.learner)},
             "episode_spec": base_spec.to_dict(),
             "world_size": world,
+            "encoder_pretrain_accuracy": pretrain_accuracy,
             "final_metrics": asdict(last_log) if last_log else {},
         }
 
