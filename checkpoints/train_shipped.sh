@@ -2,14 +2,15 @@
 # Meta-train the four shipped learners with the same budget: Omniglot-mini meta-train alphabets,
 # 20-task 5-shot episodes (5 query shots), the same steps, batch, learning rate and selectivity weight.
 # Runs the four trainings side by side on one GPU (or the CPU: set DEVICE=cpu and fewer STEPS).
-#   STEPS=3000 BATCH=64 OUTDIR=checkpoints bash checkpoints/train_shipped.sh
+#   STEPS=6000 BATCH=32 OUTDIR=checkpoints bash checkpoints/train_shipped.sh
 # RESUME=1 continues each from its checkpoint in OUTDIR (up to the new STEPS).
 set -euo pipefail
-STEPS=${STEPS:-3000}
-BATCH=${BATCH:-64}
+STEPS=${STEPS:-6000}
+BATCH=${BATCH:-32}
 LR=${LR:-1e-3}
 LAMBDA=${LAMBDA:-0.5}
 PRETRAIN=${PRETRAIN:-300}
+FROZEN=${FROZEN:-5400}
 DEVICE=${DEVICE:-auto}
 OUTDIR=${OUTDIR:-checkpoints}
 LOGDIR=${LOGDIR:-$OUTDIR}
@@ -19,7 +20,7 @@ extra=()
 [ -n "${MAX_MINUTES:-}" ] && extra+=(--max-minutes "$MAX_MINUTES")
 mkdir -p "$OUTDIR" "$LOGDIR"
 common=(--dataset omniglot-mini --tasks 20 --shots 5 --test-shots 5 --steps "$STEPS" --batch-size "$BATCH"
-        --lr "$LR" --lr-halve-every 3000 --warmup 200 --slct-lambda "$LAMBDA" --pretrain-steps "$PRETRAIN" --d-model 128 --layers 4 --y-vocab 100
+        --lr "$LR" --lr-halve-every 3000 --warmup 200 --slct-lambda "$LAMBDA" --pretrain-steps "$PRETRAIN" --frozen-encoder-steps "$FROZEN" --d-model 128 --layers 4 --y-vocab 100
         --encoder-channels 32 --device "$DEVICE" --checkpoint-every 250 --log-every 50 --seed 0)
 pids=()
 for model in mamba transformer linear_transformer performer; do

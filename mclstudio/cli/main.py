@@ -58,6 +58,8 @@ def _learner_overrides(**kw: Any) -> dict[str, Any]:
 @click.option("--resume", is_flag=True, help="Continue from --out if it exists.")
 @click.option("--pretrain-steps", default=0, show_default=True,
               help="Pre-train the encoder with a prototypical loss on meta-train episodes first.")
+@click.option("--frozen-encoder-steps", default=0, show_default=True,
+              help="Meta-train this many steps with the (pre-trained) encoder frozen before joint training.")
 @click.option("--max-minutes", default=0.0, show_default=True, help="Stop (with a checkpoint) after this long; 0 = no limit.")
 @click.option("--d-model", type=int, default=None)
 @click.option("--layers", type=int, default=None)
@@ -83,7 +85,8 @@ def train(**kw: Any) -> None:
         batch_size=kw["batch_size"], lr=kw["lr"], lr_halve_every=kw["lr_halve_every"], warmup_steps=kw["warmup"],
         slct_lambda=kw["slct_lambda"], seed=kw["seed"], device=kw["device"], amp=kw["amp"],
         checkpoint_every=kw["checkpoint_every"], log_every=kw["log_every"],
-        out=kw["out"] or f"checkpoints/{kw['model']}.pt", resume=kw["resume"], max_minutes=kw["max_minutes"], pretrain_steps=kw["pretrain_steps"], learner=learner,
+        out=kw["out"] or f"checkpoints/{kw['model']}.pt", resume=kw["resume"], max_minutes=kw["max_minutes"], pretrain_steps=kw["pretrain_steps"],
+        frozen_encoder_steps=kw["frozen_encoder_steps"], learner=learner,
     )
     interactive = sys.stderr.isatty()
     progress = Progress(

@@ -197,9 +197,17 @@ class ImageSource(EpisodeSource):
         sample_ids = self.class_index[class_ids[:, None], pick]
         return class_ids, codes, sample_ids, rng
 
+    @property
+    def pool_size(self) -> int:
+        return self.images.shape[0]
+
+    def inputs(self, ids: Tensor) -> Tensor:
+        """Model inputs of pool samples: ids (...) on the device -> (..., C, H, W) float32 in [-1, 1]."""
+        return self.images[ids].float().mul_(2.0 / 255.0).sub_(1.0)
+
     def _gather(self, ids: Tensor) -> Tensor:
         """(B, n) pool ids on the device -> (B, n, C, H, W) float32 in [-1, 1]."""
-        return self.images[ids].float().mul_(2.0 / 255.0).sub_(1.0)
+        return self.inputs(ids)
 
     def batch(self, specs: list[EpisodeSpec]) -> Episode:
         self._check_batch(specs)

@@ -134,16 +134,22 @@ class Learner(nn.Module, ABC):
 
     # ---- the three paths, shared -------------------------------------------------------------
     def forward(
-        self, stream_x: Tensor, stream_y: Tensor, query_x: Tensor, with_rows: bool = False
+        self, stream_x: Tensor, stream_y: Tensor, query_x: Tensor, with_rows: bool = False, embedded: bool = False
     ) -> LearnerOutput:
         """Parallel path. stream_x (B, N, *x_shape), stream_y (B, N[, y_dim]), query_x (B, Q, *x_shape)
-        -> logits (B, Q, y_vocab) (or (B, Q, y_dim)) and, if with_rows, rows over the 2N stream tokens."""
-        state = self.scan(self.embedding.stream(stream_x, stream_y), keep_history=with_rows)
-        return self.answer(state, query_x, with_rows)
+        -> logits (B, Q, y_vocab) (or (B, Q, y_dim)) and, if with_rows, rows over the 2N stream tokens.
+        embedded: stream_x and query_x are already x embeddings (B, N, D) and (B, Q, D)."""
+        if not embedded:
+            stream_x, query_x = self.embedding.embed_x(stream_x), self.embedding.embed_x(query_x)
+        state = self.scan(self.embedding.interleave(stream_x, stream_y), keep_history=with_rows)
+        return self._answer_embedded(state, query_x, with_rows)
 
     def answer(self, state: State, query_x: Tensor, with_rows: bool = False) -> LearnerOutput:
         """Logits of queries query_x: (B, Q, *x_shape) read from state (unchanged)."""
-        out, rows = self.read(state, self.embedding.embed_x(query_x), with_rows)
+        return self._answer_embedded(state, self.embedding.embed_x(query_x), with_rows)
+
+    def _answer_embedded(self, state: State, hq: Tensor, with_rows: bool) -> LearnerOutput:
+        out, rows = self.read(state, hq, with_rows)
         return LearnerOutput(self.head(self.norm_f(out)), rows)
 
     def step_x(self, state: State, x: Tensor) -> State:

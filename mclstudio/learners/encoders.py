@@ -88,8 +88,11 @@ class TokenEmbedding(nn.Module):
             return self.y_embed(y) * self.y_scale
         return self.y_embed(y)
 
-    def stream(self, stream_x: Tensor, stream_y: Tensor) -> Tensor:
-        """(B, N, *x_shape), (B, N[, y_dim]) -> (B, 2N, d_model) as x1, y1, x2, y2, ..."""
-        hx = self.embed_x(stream_x)
+    def interleave(self, hx: Tensor, stream_y: Tensor) -> Tensor:
+        """x embeddings (B, N, D) and labels (B, N[, y_dim]) -> (B, 2N, D) as x1, y1, x2, y2, ..."""
         hy = self.embed_y(stream_y).to(hx.dtype)
         return torch.stack([hx, hy], dim=2).flatten(1, 2)
+
+    def stream(self, stream_x: Tensor, stream_y: Tensor) -> Tensor:
+        """(B, N, *x_shape), (B, N[, y_dim]) -> (B, 2N, d_model) as x1, y1, x2, y2, ..."""
+        return self.interleave(self.embed_x(stream_x), stream_y)

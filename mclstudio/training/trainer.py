@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mclstudio.data import EpisodeSpec, get_source
+from mclstudio.data import EpisodeSpec, ImageSource, get_source
 from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.metrics import episode_accuracy, episode_mse
@@ -57,12 +57,15 @@ class TrainConfig:
     out: str = "checkpoints/model.pt"
     resume: bool = False
     pretrain_steps: int = 0  # prototypical pre-training of the encoder first (see pretrain.py)
+    frozen_encoder_steps: int = 0  # then this many meta-training steps with the encoder frozen
     max_minutes: float = 0.0  # stop early (with a checkpoint) after this long; 0 = no limit
     learner: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.model not in LEARNERS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(LEARNERS)}")
+        if self.frozen_encoder_steps < 0:
+            raise ValueError(f"frozen encoder steps must be >= 0, not {self.frozen_encoder_steps}")
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain steps must be >= 0, not {self.pretrain_steps}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "lr_halve_every"):
@@ -129,6 +132,16 @@ def _out_of_time(started: float, max_minutes: float, world: int, device: torch.d
     return bool(over.item())
 
 
+@torch.no_grad()
+def embed_pool(learner: Learner, source: ImageSource, chunk: int = 4096) -> torch.Tensor:
+    """(P, d_model): the encoder's embedding of every sample of the source's image pool."""
+    out = []
+    for first in range(0, source.pool_size, chunk):
+        ids = torch.arange(first, min(first + chunk, source.pool_size), device=source.device)
+        out.append(learner.embedding.embed_x(source.inputs(ids)))
+    return torch.cat(out)
+
+
 def build_for_data(cfg: TrainConfig, source_x_shape: tuple[int, ...], y_dim: int) -> Learner:
     overrides = dict(cfg.learner)
     overrides["x_shape"] = tuple(source_x_shape)
@@ -192,9 +205,19 @@ def train(
             on_pretrain_log if rank == 0 else None,
         )
 
+    # A frozen encoder's embedding of a sample never changes: embed the image pool once and look the
+    # stream and queries up, so these steps cost the sequence model alone (images only, no input noise).
+    frozen_table = None
+    if cfg.frozen_encoder_steps > start_step and isinstance(source, ImageSource) and cfg.noise_std == 0:
+        frozen_table = embed_pool(learner, source)
+        learner.embedding.x_encoder.requires_grad_(False)
+
     model: torch.nn.Module = learner
     if world > 1:
-        model = DistributedDataParallel(learner, device_ids=[local_rank] if device.type == "cuda" else None)
+        model = DistributedDataParallel(
+            learner, device_ids=[local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=frozen_table is not None,
+        )
     use_amp = cfg.amp and device.type == "cuda"
     regression = learner.config.is_regression
     window: dict[str, float] = {"loss": 0.0, "task": 0.0, "slct": 0.0, "acc": 0.0, "n": 0}
@@ -229,8 +252,18 @@ def train(
             for i in range(cfg.batch_size)
         ]
         ep = source.batch(specs)
+        if frozen_table is not None and step >= cfg.frozen_encoder_steps:
+            frozen_table = None
+            learner.embedding.x_encoder.requires_grad_(True)
+        if frozen_table is not None:
+            stream_x = frozen_table[ep.train_sample_ids.flatten(1)]
+            query_x = frozen_table[ep.test_sample_ids.flatten(1)]
+        else:
+            stream_x, query_x = ep.stream_x, ep.query_x
         with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
-            logits, rows = model(ep.stream_x, ep.stream_y, ep.query_x, with_rows=cfg.slct_lambda > 0)
+            logits, rows = model(
+                stream_x, ep.stream_y, query_x, with_rows=cfg.slct_lambda > 0, embedded=frozen_table is not None
+            )
             loss_task = task_loss(logits, ep.query_y)
             loss_slct = (
                 selectivity_kl(rows, ep.stream_task, ep.query_task) if rows is not None else loss_task.new_zeros(())
