@@ -50,6 +50,17 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _to_cpu(obj: Any) -> Any:
+    """Tensors anywhere in nested dicts/lists moved to the CPU, so a GPU run's file opens anywhere."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(
     path: str | Path,
     learner: Learner,
@@ -67,7 +78,7 @@ def save_checkpoint(
         "metadata": {**metadata, "mclstudio_version": mclstudio.__version__},
     }
     if training_state is not None:
-        payload["training_state"] = training_state
+        payload["training_state"] = _to_cpu(training_state)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(payload, tmp)
     os.replace(tmp, path)
