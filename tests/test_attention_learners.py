@@ -21,6 +21,7 @@ from mclstudio.learners.attention import (
     TransformerLearner,
     sinusoidal_positions,
 )
+from learner_helpers import inputs, stream_recurrently
 
 MODELS = {
     "transformer": (TransformerConfig, TransformerLearner, {}),
@@ -46,21 +47,6 @@ def tiny(name: str, dtype: torch.dtype = torch.float64, seed: int = 0, **overrid
     kw.update(extra)
     kw.update(overrides)
     return learner_cls(cfg_cls(**kw)).eval().to(dtype)
-
-
-def inputs(B: int = 2, N: int = 6, Q: int = 4, seed: int = 1, dtype: torch.dtype = torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    sx = torch.randn(B, N, 1, 8, 8, generator=g, dtype=dtype)
-    sy = torch.randint(0, 10, (B, N), generator=g)
-    qx = torch.randn(B, Q, 1, 8, 8, generator=g, dtype=dtype)
-    return sx, sy, qx
-
-
-def stream_recurrently(model: AttentionLearner, sx, sy):
-    state = model.empty_state(sx.shape[0])
-    for t in range(sx.shape[1]):
-        state = model.step_y(model.step_x(state, sx[:, t]), sy[:, t])
-    return state
 
 
 def manual_forward(model: AttentionLearner, sx, sy, qx_one):

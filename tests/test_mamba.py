@@ -11,27 +11,13 @@ import torch.nn.functional as F
 from mclstudio.learners.hidden_attention import hidden_attention_matrix
 from mclstudio.learners.mamba import MambaConfig, MambaLearner, MambaMixer
 from mclstudio.learners.scan import selective_scan_reference, selective_step
+from learner_helpers import inputs, stream_recurrently
 
 
 def tiny(**overrides) -> MambaLearner:
     torch.manual_seed(0)
     cfg = MambaConfig(d_model=32, n_layers=2, x_shape=(1, 8, 8), y_vocab=10, encoder_channels=8, **overrides)
     return MambaLearner(cfg).eval().double()
-
-
-def inputs(B: int = 2, N: int = 6, Q: int = 4, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    sx = torch.randn(B, N, 1, 8, 8, generator=g, dtype=torch.float64)
-    sy = torch.randint(0, 10, (B, N), generator=g)
-    qx = torch.randn(B, Q, 1, 8, 8, generator=g, dtype=torch.float64)
-    return sx, sy, qx
-
-
-def stream_recurrently(model: MambaLearner, sx, sy):
-    state = model.empty_state(sx.shape[0])
-    for t in range(sx.shape[1]):
-        state = model.step_y(model.step_x(state, sx[:, t]), sy[:, t])
-    return state
 
 
 def test_parallel_and_recurrent_paths_agree():
