@@ -52,3 +52,21 @@ def forgetting(accuracy_matrix: np.ndarray) -> np.ndarray:
         earlier = A[j:k, j]
         out[j] = np.nanmax(earlier) - A[k, j] if earlier.size else 0.0
     return out
+
+
+def seen_task_accuracy(accuracy_matrix: np.ndarray) -> np.ndarray:
+    """(T,): after learning k+1 tasks, the mean accuracy over tasks 0..k (row k of the matrix averaged
+    over its filled entries); NaN for rows not filled yet. The curve "accuracy against tasks learned"."""
+    A = np.asarray(accuracy_matrix, dtype=np.float64)
+    out = np.full(A.shape[0], np.nan)
+    for k in range(A.shape[0]):
+        row = A[k, : k + 1]
+        if np.isfinite(row).any():
+            out[k] = np.nanmean(row)
+    return out
+
+
+def mean_forgetting(accuracy_matrix: np.ndarray) -> float:
+    """Average forgetting over every task but the newest, after the last row (0 for a single task)."""
+    f = forgetting(accuracy_matrix)
+    return float(f[:-1].mean()) if f.size > 1 else 0.0

@@ -1,0 +1,303 @@
+"""The streaming engine: one episode, one or more learners, one example at a time, in lock-step.
+
+For each stream example (x_i, y_i) every learner reads x_i then y_i through its recurrent path
+(``step_x``/``step_y``), and the engine yields one :class:`Snapshot` per learner: the step's latency,
+the memory the state holds, per-layer state norms and, when asked, the accuracy on the queries of every
+task seen so far (read from the current state with ``learner.query``, which leaves it unchanged).
+
+Association rows need every past token. A streaming Mamba state is O(1) and keeps no history, so the
+engine does not ask the state for it: it re-runs the learner's parallel path
+(``forward(..., with_rows=True)``) on the inputs fed so far. The streaming state itself stays what the
+learner makes it (constant for Mamba and the kernel attentions, a growing KV cache for the Transformer).
+
+The engine is a plain generator, no threads: an app runs it in a worker, a command in a loop.
+Only classification episodes are supported (accuracy, predicted codes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mclstudio.data.episodes import Episode
+from mclstudio.learners.base import Learner, State
+from mclstudio.metrics import forgetting, per_task_accuracy
+
+EVAL_MODES = ("step", "task", "none")
+ROWS_MODES = ("task", "step")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """eval_every: evaluate the queries of the tasks seen so far after every "step", only at the end of
+    each "task" (the accuracy matrix is filled at task ends in both cases), or never ("none": timing only).
+    rows_queries: indices of the queries (into episode.query_x) whose association rows to compute.
+    rows_every: compute those rows at the end of each "task" or after every "step".
+    """
+
+    eval_every: str = "step"
+    rows_queries: tuple[int, ...] = ()
+    rows_every: str = "task"
+
+    def validate(self, num_queries: int) -> None:
+        if self.eval_every not in EVAL_MODES:
+            raise ValueError(f"eval_every must be one of {', '.join(EVAL_MODES)}, not {self.eval_every!r}")
+        if self.rows_every not in ROWS_MODES:
+            raise ValueError(f"rows_every must be one of {', '.join(ROWS_MODES)}, not {self.rows_every!r}")
+        bad = [q for q in self.rows_queries if not 0 <= q < num_queries]
+        if bad:
+            raise ValueError(f"rows query index {bad[0]} is out of range (the episode has {num_queries} queries)")
+
+
+@dataclass
+class Snapshot:
+    """One learner after one stream example.
+
+    step: 0-based index of the example just read; tokens: tokens read so far (2 * (step + 1)).
+    task: the example's task; task_end: it was the last example of its task (a row of the accuracy
+    matrix was filled now).
+    state_bytes: memory the state holds (``State.nbytes``); layer_norms: (n_layers,) state norms.
+    latency_s: seconds for this example's step_x + step_y.
+    accuracy: accuracy on the queries of tasks 0..task, or None when not evaluated at this step.
+    query_index: (Q_seen,) indices of those queries; predictions: (Q_seen,) their predicted codes.
+    accuracy_matrix: (T, T) A[k, j] = accuracy on task j after learning k + 1 tasks, NaN where unfilled.
+    forgetting: (k + 1,) per task after the last filled row k, or None before the first task ends.
+    rows: (n_layers, R, tokens) association rows of the chosen queries over the tokens read so far;
+    same_class: (R, tokens) 1 where a token (x or y) belongs to the query's task. None unless computed.
+    """
+
+    learner: str
+    step: int
+    tokens: int
+    task: int
+    task_end: bool
+    state_bytes: int
+    layer_norms: np.ndarray
+    latency_s: float
+    accuracy: float | None = None
+    query_index: np.ndarray | None = None
+    predictions: np.ndarray | None = None
+    accuracy_matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    forgetting: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    same_class: np.ndarray | None = None
+
+
+def same_class_pattern(stream_task: Tensor, query_task: Tensor) -> np.ndarray:
+    """stream_task (n,) task of each example read, query_task (R,) -> (R, 2n) float32:
+    1 where token t (x and y interleaved, example t // 2) belongs to the query's task, else 0."""
+    token_task = stream_task.repeat_interleave(2)  # (2n,)
+    return (token_task[None, :] == query_task[:, None]).float().cpu().numpy()
+
+
+class StreamEngine:
+    """Feeds ``episode`` (batch of one) to ``learners`` (name -> Learner) in lock-step.
+
+    Iterating yields, per stream example, a list with one :class:`Snapshot` per learner (in the order
+    given). The learners are put in eval mode; every computation runs under ``torch.no_grad``.
+    """
+
+    def __init__(
+        self,
+        learners: Mapping[str, Learner] | Sequence[tuple[str, Learner]],
+        episode: Episode,
+        config: EngineConfig | None = None,
+    ) -> None:
+        self.learners: list[tuple[str, Learner]] = list(learners.items() if isinstance(learners, Mapping) else learners)
+        if not self.learners:
+            raise ValueError("the engine needs at least one learner")
+        if episode.batch_size != 1:
+            raise ValueError(f"the engine streams one episode at a time, not a batch of {episode.batch_size}")
+        if episode.is_regression:
+            raise ValueError("the streaming engine handles classification episodes only")
+        self.config = config or EngineConfig()
+        self.config.validate(episode.query_x.shape[1])
+        for name, learner in self.learners:
+            vocab = learner.config.y_vocab
+            if int(episode.codes.max()) >= vocab:
+                raise ValueError(f"learner {name} has {vocab} label codes; the episode uses codes up to "
+                                 f"{int(episode.codes.max())} (make the spec's num_codes <= {vocab})")
+        device = learner_device(self.learners[0][1])
+        self.episode = episode.to(device)
+        self.tasks = episode.tasks
+        self.num_examples = episode.stream_x.shape[1]
+        # The last stream example of each task: where a row of the accuracy matrix is filled.
+        st = self.episode.stream_task
+        self._task_end = torch.cat([st[1:] != st[:-1], torch.ones(1, dtype=torch.bool, device=st.device)]).tolist()
+        self._rows_index = torch.tensor(self.config.rows_queries, dtype=torch.long, device=device)
+
+    def __iter__(self) -> Iterator[list[Snapshot]]:
+        for _, learner in self.learners:
+            learner.eval()
+        states = [learner.empty_state(1) for _, learner in self.learners]
+        matrices = [np.full((self.tasks, self.tasks), np.nan) for _ in self.learners]
+        for i in range(self.num_examples):
+            # no_grad per step, not around the loop: a generator's context would leak into its caller.
+            with torch.no_grad():
+                snaps = [
+                    self._step(i, name, learner, states, k, matrices[k])
+                    for k, (name, learner) in enumerate(self.learners)
+                ]
+            yield snaps
+
+    def run(self) -> list[list[Snapshot]]:
+        """Every step at once (tests and batch use); the same snapshots iteration yields."""
+        return list(self)
+
+    def _step(
+        self, i: int, name: str, learner: Learner, states: list[State], k: int, matrix: np.ndarray
+    ) -> Snapshot:
+        ep = self.episode
+        t0 = time.perf_counter()
+        state = learner.step_x(states[k], ep.stream_x[:, i])
+        state = learner.step_y(state, ep.stream_y[:, i])
+        latency = time.perf_counter() - t0
+        states[k] = state
+
+        task = int(ep.stream_task[i])
+        task_end = bool(self._task_end[i])
+        snap = Snapshot(
+            learner=name,
+            step=i,
+            tokens=2 * (i + 1),
+            task=task,
+            task_end=task_end,
+            state_bytes=state.nbytes(),
+            layer_norms=state.layer_norms()[0].float().cpu().numpy(),
+            latency_s=latency,
+            accuracy_matrix=matrix,
+        )
+        cfg = self.config
+        if cfg.eval_every == "step" or (cfg.eval_every == "task" and task_end):
+            # Queries of the tasks seen so far, read from the current state (left unchanged).
+            seen = torch.nonzero(ep.query_task <= task).squeeze(1)
+            logits = learner.query(state, ep.query_x[:, seen])  # (1, Q_seen, V)
+            pred = logits.argmax(-1)[0]
+            correct = pred == ep.query_y[0, seen]
+            if task_end:
+                matrix[task, : task + 1] = per_task_accuracy(correct, ep.query_task[seen], task + 1).cpu().numpy()
+                snap.forgetting = forgetting(matrix[: task + 1, : task + 1])
+            snap.accuracy = float(correct.float().mean())
+            snap.query_index = seen.cpu().numpy()
+            snap.predictions = pred.cpu().numpy()
+        snap.accuracy_matrix = matrix.copy()
+        if len(cfg.rows_queries) and (cfg.rows_every == "step" or task_end):
+            snap.rows, snap.same_class = self.rows(learner, i + 1)
+        return snap
+
+    def rows(self, learner: Learner, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Association rows of the configured queries after the first n examples:
+        (n_layers, R, 2n) rows from the parallel path on the inputs fed so far, and (R, 2n) same-class."""
+        ep = self.episode
+        with torch.no_grad():
+            out = learner(ep.stream_x[:, :n], ep.stream_y[:, :n], ep.query_x[:, self._rows_index], with_rows=True)
+        assert out.rows is not None
+        rows = torch.stack([r[0] for r in out.rows]).float().cpu().numpy()  # (n_layers, R, 2n)
+        return rows, same_class_pattern(ep.stream_task[:n], ep.query_task[self._rows_index])
+
+
+def learner_device(learner: Learner) -> torch.device:
+    return next(learner.parameters()).device
+
+
+@dataclass
+class EpisodeTrace:
+    """One learner's whole episode, as arrays (what a recording stores). N examples, T tasks, Q queries.
+
+    accuracy (N,): running accuracy, NaN where not evaluated; state_bytes (N,); latency_s (N,);
+    layer_norms (N, n_layers); eval_steps (E,) the steps evaluated; predictions (E, Q) int16 predicted
+    codes, -1 for queries of tasks not yet seen; accuracy_matrix (T, T); rows_steps (K,) the steps with
+    association rows; rows (K, n_layers, R, 2N) float16, zero beyond the tokens read at that step.
+    """
+
+    learner: str
+    num_examples: int
+    num_queries: int
+    tasks: int
+    accuracy: np.ndarray
+    state_bytes: np.ndarray
+    latency_s: np.ndarray
+    layer_norms: np.ndarray
+    eval_steps: list[int] = field(default_factory=list)
+    predictions: list[np.ndarray] = field(default_factory=list)
+    accuracy_matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    rows_steps: list[int] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+
+    @staticmethod
+    def empty(learner: str, engine: StreamEngine, n_layers: int) -> EpisodeTrace:
+        n = engine.num_examples
+        return EpisodeTrace(
+            learner=learner,
+            num_examples=n,
+            num_queries=engine.episode.query_x.shape[1],
+            tasks=engine.tasks,
+            accuracy=np.full(n, np.nan),
+            state_bytes=np.zeros(n, dtype=np.int64),
+            latency_s=np.zeros(n),
+            layer_norms=np.zeros((n, n_layers), dtype=np.float32),
+            accuracy_matrix=np.full((engine.tasks, engine.tasks), np.nan),
+        )
+
+    def add(self, snap: Snapshot) -> None:
+        i = snap.step
+        self.state_bytes[i] = snap.state_bytes
+        self.latency_s[i] = snap.latency_s
+        self.layer_norms[i] = snap.layer_norms
+        if snap.accuracy is not None:
+            self.accuracy[i] = snap.accuracy
+            row = np.full(self.num_queries, -1, dtype=np.int16)
+            assert snap.query_index is not None and snap.predictions is not None
+            row[snap.query_index] = snap.predictions
+            self.eval_steps.append(i)
+            self.predictions.append(row)
+        if snap.task_end:
+            self.accuracy_matrix = snap.accuracy_matrix
+        if snap.rows is not None:
+            padded = np.zeros((*snap.rows.shape[:2], 2 * self.num_examples), dtype=np.float16)
+            padded[..., : snap.rows.shape[-1]] = snap.rows
+            self.rows_steps.append(i)
+            self.rows.append(padded)
+
+    def predictions_array(self) -> np.ndarray:
+        """(E, Q) int16."""
+        return np.stack(self.predictions) if self.predictions else np.zeros((0, self.num_queries), dtype=np.int16)
+
+    def rows_array(self, n_layers: int, n_rows: int) -> np.ndarray:
+        """(K, n_layers, R, 2N) float16."""
+        if self.rows:
+            return np.stack(self.rows)
+        return np.zeros((0, n_layers, n_rows, 2 * self.num_examples), dtype=np.float16)
+
+    @property
+    def final_accuracy(self) -> float:
+        """Accuracy on all queries after the whole stream (the last row of the accuracy matrix, averaged
+        over queries; equal to the running accuracy at the last step)."""
+        return float(self.accuracy[-1]) if not np.isnan(self.accuracy[-1]) else float(np.nanmean(self.accuracy_matrix[-1]))
+
+    @property
+    def forgetting(self) -> np.ndarray:
+        """(T,) per task after the whole stream."""
+        return forgetting(self.accuracy_matrix)
+
+
+def run_episode(
+    learners: Mapping[str, Learner] | Sequence[tuple[str, Learner]],
+    episode: Episode,
+    config: EngineConfig | None = None,
+    on_step: Callable[[list[Snapshot]], None] | None = None,
+) -> dict[str, EpisodeTrace]:
+    """Stream a whole episode and gather each learner's :class:`EpisodeTrace`."""
+    engine = StreamEngine(learners, episode, config)
+    traces = {name: EpisodeTrace.empty(name, engine, learner.config.n_layers) for name, learner in engine.learners}
+    for snaps in engine:
+        for snap in snaps:
+            traces[snap.learner].add(snap)
+        if on_step is not None:
+            on_step(snaps)
+    return traces
