@@ -176,6 +176,17 @@ def info(checkpoint: str) -> None:
                            "config": ckpt.learner.config.to_dict(), "metadata": ckpt.metadata}, indent=2, default=str))
 
 
+def _add_recording_commands() -> None:
+    """record and replay live in their own module (mclstudio.cli.recording_commands)."""
+    from mclstudio.cli.recording_commands import record, replay
+
+    cli.add_command(record)
+    cli.add_command(replay)
+
+
+_add_recording_commands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and exit code 2."""
     try:

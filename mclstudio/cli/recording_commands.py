@@ -1,0 +1,196 @@
+"""`mclstudio record` and `mclstudio replay`: session recordings from the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mclstudio.engine.stream import EVAL_MODES, ROWS_MODES, EngineConfig
+
+
+@click.command()
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--episodes", default=4, show_default=True, help="Episodes to record (seeds --seed, --seed+1, ...).")
+@click.option("--tasks", default=20, show_default=True, help="Tasks (classes) per episode.")
+@click.option("--shots", default=5, show_default=True, help="Training shots per task.")
+@click.option("--test-shots", default=5, show_default=True, help="Query shots per task.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the first episode.")
+@click.option("--noise", default=0.0, show_default=True, help="Gaussian input-noise std.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--dataset", default="omniglot-mini", show_default=True)
+@click.option("--eval-every", type=click.Choice(EVAL_MODES[:2]), default="step", show_default=True,
+              help="Evaluate the queries of the tasks seen so far after every step or at task ends only.")
+@click.option("--rows-every", type=click.Choice(ROWS_MODES), default="task", show_default=True,
+              help="Association maps (first query of every task) at task ends or after every step.")
+@click.option("-o", "--out", default="run.h5", show_default=True, help="The recording (HDF5) to write.")
+def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: int, test_shots: int, seed: int,
+           noise: float, split: str, dataset: str, eval_every: str, rows_every: str, out: str) -> None:
+    """Stream episodes through one or more checkpoints in lock-step and record everything to HDF5."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from mclstudio.data.episodes import EpisodeSpec
+    from mclstudio.recording.session import default_rows_queries, record_session
+    from mclstudio.training.checkpoint import load_checkpoint
+
+    loaded = [load_checkpoint(c) for c in checkpoints]
+    vocab = min(c.learner.config.y_vocab for c in loaded)
+    spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=shots, test_shots=test_shots,
+                       seed=seed, noise_std=noise, num_codes=vocab)
+    spec.validate()
+    config = EngineConfig(eval_every=eval_every, rows_queries=default_rows_queries(spec), rows_every=rows_every)
+    steps = tasks * shots
+    interactive = sys.stderr.isatty()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), disable=not interactive,
+    )
+    bar = progress.add_task(f"record {', '.join(c.name for c in loaded)}", total=episodes * steps, stats="")
+
+    def on_step(episode: int, snaps: list[Any]) -> None:
+        accs = " ".join(f"{s.learner} {s.accuracy:.2f}" for s in snaps if s.accuracy is not None)
+        progress.update(bar, completed=episode * steps + snaps[0].step + 1, stats=f"ep {episode + 1} {accs}")
+        if not interactive and snaps[0].step == steps - 1:
+            click.echo(f"episode {episode + 1}/{episodes}: {accs}", err=True)
+
+    with progress:
+        path = record_session(loaded, spec, episodes, out, config, on_step)
+    click.echo(f"recorded {episodes} episodes of {len(loaded)} learners to {path}")
+
+
+@click.command()
+@click.argument("recording")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (no table, no plot).")
+@click.option("--csv", "csv_path", default=None, help="Write accuracy by tasks learned, per learner and episode, to a CSV.")
+@click.option("--verify", "do_verify", is_flag=True,
+              help="Re-run the episodes through the recorded checkpoints and check every prediction.")
+@click.option("--with", "others", multiple=True, help="Re-run the episodes through another checkpoint (repeatable).")
+@click.option("--plot/--no-plot", default=True, show_default=True, help="Terminal plot of accuracy against tasks learned.")
+def replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool, others: tuple[str, ...],
+           plot: bool) -> None:
+    """Summarise a recording: accuracy, forgetting, state size and step latency per learner."""
+    from mclstudio.recording.hdf5 import read_recording
+    from mclstudio.recording.session import recording_summary, rerun, summarize, verify
+    from mclstudio.training.checkpoint import load_checkpoint
+
+    rec = read_recording(recording)
+    rows = recording_summary(rec)
+    traces_by_learner = {ident.name: [ep.traces[ident.name] for ep in rec.episodes] for ident in rec.learners}
+    for other in others:
+        ckpt = load_checkpoint(other)
+        name = ckpt.name if ckpt.name not in traces_by_learner else f"{ckpt.name} (with)"
+        traces = [t[name] for t in rerun(rec, [(name, ckpt.learner)])]
+        traces_by_learner[name] = traces
+        rows.append(summarize(name, traces, f"with {ckpt.path.name}"))
+
+    report = verify(rec) if do_verify else None
+    if csv_path:
+        _write_csv(Path(csv_path), traces_by_learner, [ep.index for ep in rec.episodes])
+
+    if as_json:
+        out: dict[str, Any] = {"recording": str(rec.path), "schema_version": rec.schema_version,
+                               "episodes": len(rec.episodes), "incomplete_episodes": rec.incomplete,
+                               "learners": _json_safe(rows)}
+        if report is not None:
+            out["verify"] = {"ok": report.ok, "checked": report.checked, "mismatches": report.mismatches}
+        click.echo(json.dumps(out, indent=2))
+    else:
+        _print_table(rec, rows)
+        if plot:
+            click.echo(_plot(rows))
+        if report is not None:
+            if report.ok:
+                click.echo(f"verify: OK, {report.checked} recorded predictions reproduced exactly")
+            else:
+                click.echo(f"verify: {len(report.mismatches)} mismatch(es)", err=True)
+                for m in report.mismatches:
+                    click.echo(f"  {m}", err=True)
+    if csv_path and not as_json:
+        click.echo(f"wrote {csv_path}")
+    if report is not None and not report.ok:
+        sys.exit(1)  # a mismatch is a result, not an error: exit 1 (errors exit 2)
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN (e.g. the CI of one episode) -> None, so the output is strict JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _write_csv(path: Path, traces_by_learner: dict[str, list[Any]], episodes: list[int]) -> None:
+    """One row per learner, episode and tasks learned: accuracy on the tasks seen (mean of the accuracy
+    matrix row), with the episode's final forgetting, final state bytes and median step latency."""
+    import numpy as np
+
+    from mclstudio.metrics import mean_forgetting, seen_task_accuracy
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["learner", "episode", "tasks_learned", "accuracy", "episode_forgetting", "final_state_bytes",
+                    "median_step_latency_ms"])
+        for name, traces in traces_by_learner.items():
+            for index, tr in zip(episodes, traces):
+                curve = seen_task_accuracy(tr.accuracy_matrix)
+                fg = mean_forgetting(tr.accuracy_matrix)
+                for k, acc in enumerate(curve):
+                    w.writerow([name, index, k + 1, f"{acc:.6f}", f"{fg:.6f}", int(tr.state_bytes[-1]),
+                                f"{float(np.median(tr.latency_s)) * 1e3:.4f}"])
+
+
+def _print_table(rec: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    skipped = f", {rec.incomplete} incomplete skipped" if rec.incomplete else ""
+    table = Table(title=f"{rec.path.name}: {len(rec.episodes)} episodes{skipped}")
+    for col in ("learner", "source", "acc", "95% CI", "forget", "state first", "state final", "step"):
+        table.add_column(col, justify="left" if col in ("learner", "source") else "right", no_wrap=True)
+    for r in rows:
+        ci = "-" if math.isnan(r["accuracy_ci95"]) else f"±{100 * r['accuracy_ci95']:.1f}"
+        table.add_row(r["learner"], r["source"], f"{100 * r['accuracy']:.1f}%", ci, f"{100 * r['forgetting']:.1f}%",
+                      _bytes(r["first_state_bytes"]), _bytes(r["final_state_bytes"]), f"{r['step_latency_ms']:.2f} ms")
+    Console(width=max(100, Console().width)).print(table)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _plot(rows: list[dict[str, Any]]) -> str:
+    """Accuracy on the tasks seen against tasks learned, one line per learner, as terminal text."""
+    import plotext as plt
+
+    fig = plt.figure
+    fig.clear()
+    fig.plot_size(80, 20)
+    fig.title("accuracy on tasks seen vs tasks learned")
+    fig.label("tasks learned", axis=0)
+    fig.ruler(axis=1).lim(0, 1)
+    longest = max((len(r["accuracy_by_tasks_learned"]) for r in rows), default=0)
+    if longest:
+        fig.ruler(axis=0).ticks(list(range(1, longest + 1, max(1, longest // 10))))
+    for r in rows:
+        curve = r["accuracy_by_tasks_learned"]
+        points = [(k + 1, v) for k, v in enumerate(curve) if v is not None]
+        if not points:
+            continue
+        s = fig.signal([p[0] for p in points], [p[1] for p in points])
+        s.label(r["learner"])
+        s.lines()
+        fig.draw(s)
+    return fig.build().string(colorless=not sys.stdout.isatty())
