@@ -80,6 +80,10 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     resumed = torch.load(tmp_path / "mamba.pt", weights_only=True)
     assert resumed["training_state"]["step"] == 4
     assert not torch.equal(first["state_dict"]["head.weight"], resumed["state_dict"]["head.weight"])
+    # resuming a finished run trains no further and keeps its final metrics
+    again = train(tiny_config(tmp_path, steps=4, resume=True))
+    assert again == final
+    assert torch.load(tmp_path / "mamba.pt", weights_only=True)["metadata"]["final_metrics"] == final
 
 
 def test_checkpoint_that_needs_unpickling_is_refused(tmp_path):

@@ -187,6 +187,7 @@ def train(
         lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 ** (s // cfg.lr_halve_every),
     )
     start_step = 0
+    previous_metrics: dict[str, Any] = {}
     out = Path(cfg.out)
     if cfg.resume and out.exists():
         ckpt = load_checkpoint(out, device=device, with_training_state=True)
@@ -197,6 +198,7 @@ def train(
             optimizer.load_state_dict(ckpt.training_state["optimizer"])
             schedule.load_state_dict(ckpt.training_state["scheduler"])
             start_step = int(ckpt.training_state["step"])
+            previous_metrics = dict(ckpt.metadata.get("final_metrics", {}))
 
     pretrain_accuracy = None
     if cfg.pretrain_steps > 0 and start_step == 0:
@@ -233,7 +235,7 @@ def train(
             "episode_spec": base_spec.to_dict(),
             "world_size": world,
             "encoder_pretrain_accuracy": pretrain_accuracy,
-            "final_metrics": asdict(last_log) if last_log else {},
+            "final_metrics": asdict(last_log) if last_log else previous_metrics,
         }
 
     def checkpoint(step: int) -> None:
@@ -305,5 +307,5 @@ def train(
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return asdict(last_log) if last_log else {}
+    return asdict(last_log) if last_log else previous_metrics
 
