@@ -79,29 +79,31 @@ def random_stream(examples: int, vocab: int, seed: int = 0) -> Episode:
     )
 
 
-def stream_benchmark(learners: dict[str, Learner], lengths: list[int], window: int) -> dict[str, list[dict]]:
-    """Both learners in lock-step on one stream as long as the longest length (in tokens)."""
+def stream_benchmark(learners: dict[str, Learner], lengths: list[int], window: int) -> dict[str, dict]:
+    """Each learner alone (so one's cache traffic does not slow the other) on the same random stream,
+    as long as the longest length (in tokens)."""
     examples = max(lengths) // 2
     vocab = min(learner.config.y_vocab for learner in learners.values())
-    engine = StreamEngine(learners, random_stream(examples, vocab), EngineConfig(eval_every="none"))
-    latencies: dict[str, list[float]] = {name: [] for name in learners}
-    results: dict[str, list[dict]] = {name: [] for name in learners}
-    t0 = time.perf_counter()
-    for snaps in engine:
-        for snap in snaps:
-            latencies[snap.learner].append(snap.latency_s)
+    stream = random_stream(examples, vocab)
+    results: dict[str, dict] = {}
+    for name, learner in learners.items():
+        t0 = time.perf_counter()
+        latencies: list[float] = []
+        at_length: list[dict] = []
+        for (snap,) in StreamEngine({name: learner}, stream, EngineConfig(eval_every="none")):
+            latencies.append(snap.latency_s)
             if snap.tokens in lengths:
-                lat = latencies[snap.learner][-window:]
-                results[snap.learner].append({
+                lat = latencies[-window:]
+                at_length.append({
                     "tokens": snap.tokens,
                     "step_latency_ms_mean": 1e3 * statistics.fmean(lat),
                     "step_latency_ms_median": 1e3 * statistics.median(lat),
                     "window_steps": len(lat),
                     "state_bytes": snap.state_bytes,
                 })
-    for name, learner in learners.items():  # what a query costs at the longest length (state unchanged)
-        results[name].append({"wall_s_whole_stream": sum(latencies[name])})
-    print(f"stream benchmark: {time.perf_counter() - t0:.1f} s", flush=True)
+        results[name] = {"at_length": at_length, "whole_stream_steps_s": sum(latencies),
+                         "whole_stream_wall_s": time.perf_counter() - t0}
+        print(f"stream benchmark {name}: {time.perf_counter() - t0:.1f} s", flush=True)
     return results
 
 
@@ -113,7 +115,7 @@ def recording_benchmark(checkpoints: list, episodes: int) -> dict[str, float]:
     names = [c.name for c in checkpoints]
     learners = list(zip(names, (c.learner for c in checkpoints)))
     source = get_source(spec.dataset)
-    step_s = engine_s = record_s = 0.0
+    step_s = engine_s = gather_s = write_s = 0.0
     steps = 0
     with tempfile.TemporaryDirectory() as tmp:
         writer = RecordingWriter(Path(tmp) / "bench.h5", [identity(n, c) for n, c in zip(names, checkpoints)], config)
@@ -131,13 +133,14 @@ def recording_benchmark(checkpoints: list, episodes: int) -> dict[str, float]:
                 for snap in snaps:
                     traces[snap.learner].add(snap)
                     step_s += snap.latency_s
-                record_s += time.perf_counter() - t1
+                gather_s += time.perf_counter() - t1
                 engine_s += t1 - t0
                 steps += 1
             t0 = time.perf_counter()
             writer.write_episode(episode, traces)
-            record_s += time.perf_counter() - t0
+            write_s += time.perf_counter() - t0
         size = (Path(tmp) / "bench.h5").stat().st_size
+    record_s = gather_s + write_s
     return {
         "learners": names,
         "episodes": episodes,
@@ -145,6 +148,8 @@ def recording_benchmark(checkpoints: list, episodes: int) -> dict[str, float]:
         "step_ms": 1e3 * step_s / steps,  # step_x + step_y of every learner in the lock-step
         "engine_step_ms": 1e3 * engine_s / steps,  # the engine's whole step: steps, evaluation, rows
         "recording_ms_per_step": 1e3 * record_s / steps,  # gathering + HDF5 writing, amortised
+        "gather_ms_per_step": 1e3 * gather_s / steps,  # snapshots into the episode trace
+        "write_ms_per_step": 1e3 * write_s / steps,  # HDF5 episode write (gzip, copy, fsync, rename), amortised
         "recording_overhead_vs_step": record_s / step_s,
         "recording_overhead_vs_engine_step": record_s / engine_s,
         "file_bytes_per_episode": size / episodes,
@@ -156,7 +161,9 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[100, 1000, 10000], help="stream lengths in tokens")
     parser.add_argument("--window", type=int, default=50, help="steps averaged before each length")
     parser.add_argument("--record-episodes", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (0: torch's default); batch-of-one steps are latency-bound and more "
+                             "threads only oversubscribe a shared machine")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.threads:
@@ -170,7 +177,7 @@ def main() -> None:
         "checkpoints": {c.name: {"path": str(c.path.relative_to(ROOT)), "sha256": c.sha256,
                                  "parameters": c.learner.num_parameters()} for c in ckpts},
         "batch_size": 1,
-        "stream": {name: rows for name, rows in stream_benchmark(learners, args.lengths, args.window).items()},
+        "stream": stream_benchmark(learners, args.lengths, args.window),
         "recording": recording_benchmark(ckpts, args.record_episodes),
     }
     text = json.dumps(result, indent=2)
