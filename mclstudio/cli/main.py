@@ -187,6 +187,47 @@ def _add_recording_commands() -> None:
 _add_recording_commands()
 
 
+@cli.command(name="open")
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--dataset", default="omniglot-mini", show_default=True, help="The picker's default dataset (domain).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--tasks", default=20, show_default=True)
+@click.option("--shots", default=5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--noise", default=0.0, show_default=True, help="Gaussian input-noise std.")
+@click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu or cuda[:N].")
+@click.option("--record-dir", default=".", show_default=True, help="Where r (record) and exports write.")
+@click.option("--play", is_flag=True, help="Skip the picker and start playing the default episode.")
+def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: int, seed: int,
+                 noise: float, device: str, record_dir: str, play: bool) -> None:
+    """Open the live studio (a Textual app) on one or more checkpoints."""
+    from mclstudio.tui.cli import open_studio
+
+    open_studio(checkpoints, dataset=dataset, split=split, tasks=tasks, shots=shots, seed=seed, noise=noise,
+                device=device, record_dir=record_dir, play=play)
+
+
+def _add_replay_tui_flag() -> None:
+    """`replay --tui`: open the recording in the studio app (no models) instead of printing a summary."""
+    replay = cli.commands["replay"]
+    summary = replay.callback
+    replay.params.append(click.Option(["--tui"], is_flag=True, help="Open the recording in the studio app."))
+
+    def callback(tui: bool = False, **kw: Any) -> None:
+        if tui:
+            from mclstudio.tui.cli import replay_studio
+
+            replay_studio(kw["recording"])
+            return
+        assert summary is not None
+        summary(**kw)
+
+    replay.callback = callback
+
+
+_add_replay_tui_flag()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and exit code 2."""
     try:

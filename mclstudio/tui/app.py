@@ -1,0 +1,379 @@
+"""The studio App: owns the feed, runs it in a thread worker, and redraws the latest frame on a timer.
+
+Threading. The worker thread does all model work (``feed.frames()``) and hands each frame to the UI
+with ``post_message`` (thread-safe). The UI thread only stores the newest frame and redraws on a
+fixed-rate timer, so drawing never waits on a model and a slow model never blocks a key press.
+Play/pause/step requests go to the worker through a threading.Event and a step counter.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from textual.app import App
+from textual.binding import Binding
+from textual.css.query import NoMatches
+from textual.command import Hit, Hits, Provider
+from textual.message import Message
+from textual.widgets import Static
+from textual.worker import get_current_worker
+
+from mclstudio.data.episodes import EpisodeSpec
+from mclstudio.recording.hdf5 import RecordingWriter
+from mclstudio.training.checkpoint import Checkpoint
+from mclstudio.tui.feeds import Frame, LiveFeed, ReplayFeed
+from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
+from mclstudio.tui.widgets import AccuracyPanel, AssociationMap, ExampleView, MatrixHeatmap, NormsPanel, StatsPanel
+
+# Steps per second at each speed level; None = as fast as the models go.
+SPEEDS: list[float | None] = [0.5, 1, 2, 5, 10, 20, None]
+REDRAW_HZ = 20
+
+
+class FrameReady(Message):
+    """Posted by the worker after every stream example."""
+
+    def __init__(self, frame: Frame) -> None:
+        super().__init__()
+        self.frame = frame
+
+
+class FeedFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+@dataclass
+class Controls:
+    """What the UI asks of the worker. Plain attributes set by the UI thread and read by the worker;
+    the Event wakes the worker when it sleeps paused."""
+
+    playing: bool = False
+    steps: int = 0  # single steps requested while paused
+    speed: int = 4
+    recording_to: Path | None = None
+
+
+class StudioCommands(Provider):
+    """Command palette entries: open (a new episode), switch (learner shown), export (SVG, JSON)."""
+
+    async def search(self, query: str) -> Hits:
+        app: StudioApp = self.app  # type: ignore[assignment]
+        matcher = self.matcher(query)
+        commands: list[tuple[str, object, str]] = []
+        if app.feed is None or app.feed.live:
+            commands.append(("open: a new episode (episode picker)", app.action_open, "pick dataset, split, tasks..."))
+        for name in app.learner_names:
+            commands.append((f"switch: show {name}", partial(app.show_learner, name), "matrix and norms panels"))
+        commands.append(("export: screenshot (SVG)", app.action_export_svg, "save the screen as SVG"))
+        commands.append(("export: episode so far (JSON)", app.action_export_json, "accuracy, forgetting, norms"))
+        for text, callback, help_text in commands:
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), callback, help=help_text)  # type: ignore[arg-type]
+
+
+class StudioApp(App):
+    """``mclstudio open`` (live learners) and ``mclstudio replay --tui`` (a recording)."""
+
+    CSS_PATH = "studio.tcss"
+    TITLE = "mclstudio"
+    COMMANDS = App.COMMANDS | {StudioCommands}
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("question_mark", "help", "help"),
+    ]
+
+    def __init__(
+        self,
+        checkpoints: list[Checkpoint] | None = None,
+        replay: ReplayFeed | None = None,
+        spec: EpisodeSpec | None = None,
+        show_timing: bool = True,
+        record_dir: str | Path = ".",
+        autostart: bool = False,
+    ) -> None:
+        super().__init__()
+        self.checkpoints = checkpoints or []
+        self.spec = spec or EpisodeSpec()
+        self.show_timing = show_timing
+        self.record_dir = Path(record_dir)
+        self.autostart = autostart
+        self.feed: LiveFeed | ReplayFeed | None = replay
+        self.learner_names: list[str] = list(replay.names) if replay else []
+        self.controls = Controls()
+        self.wake = threading.Event()
+        self.frame: Frame | None = None
+        self.dirty = False
+        self.frames_drawn = 0  # redraws done (the benchmark reads it)
+        self.frames_received = 0
+        self.selected = self.learner_names[0] if self.learner_names else ""
+        self.query_row = 0
+        self.history: dict[str, list[float]] = {}
+        self.norms: dict[str, list[np.ndarray]] = {}
+        self.maps: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+        self.record_note = ""
+        self.recorded_episodes = 0
+        self._generation = 0  # bumped per new feed, so a stale worker's frames are dropped
+
+    # ---- start-up -------------------------------------------------------------------------------
+    def on_mount(self) -> None:
+        self.sub_title = "replay" if self.feed is not None else ", ".join(c.name for c in self.checkpoints)
+        self.install_screen(LiveScreen(), "live")
+        if self.feed is not None:  # replay: no picker, straight to the live view
+            self._start_feed(self.feed)
+        elif self.autostart:
+            error = self.start_episode(self.spec)
+            if error:
+                self.exit(message=error)
+        else:
+            self.push_screen(PickerScreen(self.spec))
+        self.set_interval(1 / REDRAW_HZ, self.redraw)
+
+    def start_episode(self, spec: EpisodeSpec) -> str | None:
+        """Called by the picker: build a live feed for ``spec``; return an error line, or None."""
+        try:
+            feed = LiveFeed(self.checkpoints, spec)
+        except Exception as exc:  # noqa: BLE001 - shown in the picker, one line
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        self.spec = spec
+        self.learner_names = list(feed.names)
+        if self.selected not in self.learner_names:
+            self.selected = self.learner_names[0]
+        self._start_feed(feed)
+        return None
+
+    def _start_feed(self, feed: LiveFeed | ReplayFeed) -> None:
+        self.workers.cancel_group(self, "feed")
+        self.controls.recording_to = None
+        self.wake.set()
+        self.feed = feed
+        self._generation += 1
+        self.frame, self.dirty = None, False
+        self.history = {n: [] for n in feed.names}
+        self.norms = {n: [] for n in feed.names}
+        self.maps = {}
+        self.query_row = 0
+        if self.screen is not self.get_screen("live"):
+            if isinstance(self.screen, PickerScreen):
+                self.switch_screen("live")
+            else:
+                self.push_screen("live")
+        self.run_worker(partial(self._stream, feed, self._generation), thread=True, group="feed",
+                        exclusive=True, exit_on_error=False)
+        self.update_status()
+
+    # ---- the worker (model side) ----------------------------------------------------------------
+    def _stream(self, feed: LiveFeed | ReplayFeed, generation: int) -> None:
+        """Pull frames at the requested pace; write finished episodes when recording. Runs in a thread."""
+        worker = get_current_worker()
+        c = self.controls
+        writer: RecordingWriter | None = None
+        try:
+            frames = feed.frames()
+            while not worker.is_cancelled:
+                if not c.playing and c.steps <= 0:
+                    self.wake.wait(0.05)
+                    self.wake.clear()
+                    continue
+                t0 = time.perf_counter()
+                frame = next(frames, None)
+                if frame is None:  # a replay ran out
+                    c.playing = False
+                    self.post_message(FeedFailed("end of the recording"))
+                    return
+                if c.steps > 0 and not c.playing:
+                    c.steps -= 1
+                if isinstance(feed, LiveFeed):
+                    writer = self._record(feed, frame, writer)
+                if generation == self._generation:  # a newer feed replaced this one: drop the frame
+                    self.post_message(FrameReady(frame))
+                rate = SPEEDS[c.speed]
+                if c.playing and rate is not None:  # pace the stream, waking early on a key
+                    left = 1 / rate - (time.perf_counter() - t0)
+                    if left > 0:
+                        self.wake.wait(left)
+                        self.wake.clear()
+        except Exception as exc:  # noqa: BLE001 - shown in the app, never a crash
+            self.post_message(FeedFailed(f"{type(exc).__name__}: {str(exc).strip()[:160]}"))
+
+    def _record(self, feed: LiveFeed, frame: Frame, writer: RecordingWriter | None) -> RecordingWriter | None:
+        """Open a writer when recording starts; append each episode that finishes while it records."""
+        path = self.controls.recording_to
+        if path is None:
+            return None
+        if writer is None or writer.path != path:
+            writer = feed.start_recording(path)
+        if frame.episode_done:
+            feed.write_episode(writer)
+            self.recorded_episodes += 1
+        return writer
+
+    # ---- the UI side ----------------------------------------------------------------------------
+    def on_frame_ready(self, message: FrameReady) -> None:
+        f = message.frame
+        self.frames_received += 1
+        if f.step == 0:
+            self.history = {n: [] for n in self.learner_names}
+            self.norms = {n: [] for n in self.learner_names}
+            self.maps = {}
+        for s in f.snapshots:
+            self.history[s.learner].append(np.nan if s.accuracy is None else s.accuracy)
+            self.norms[s.learner].append(s.layer_norms)
+            if s.rows is not None and s.same_class is not None:
+                self.maps[s.learner] = (s.rows, s.same_class, s.step)
+        self.frame, self.dirty = f, True
+        if f.episode_done and not self.controls.playing:
+            self.notify(f"episode {f.episode} finished")
+
+    def on_feed_failed(self, message: FeedFailed) -> None:
+        self.notify(message.error, severity="warning" if "end of" in message.error else "error", timeout=8)
+        self.update_status()
+
+    def redraw(self) -> None:
+        """Timer: draw the newest frame if it changed. Only this method touches the panels."""
+        self.frames_drawn += 1
+        if not self.dirty or self.frame is None or self.screen is not self.get_screen("live"):
+            return
+        self.dirty = False
+        f, live = self.frame, self.get_screen("live")
+        live.query_one(ExampleView).show(f)
+        live.query_one(AccuracyPanel).show(f, self.history)
+        live.query_one(MatrixHeatmap).show(f, self.selected)
+        live.query_one(NormsPanel).show(self.selected, self.norms.get(self.selected, []))
+        live.query_one(StatsPanel).show(f, self.show_timing)
+        self._draw_map()
+        self.update_status()
+
+    def _draw_map(self) -> None:
+        if self.frame is None:
+            return
+        f = self.frame
+        # Mamba's hidden attention next to the Transformer's attention when both are loaded; else all.
+        names = [n for n in self.learner_names if n in self.maps]
+        preferred = [n for n in names if any(k in n for k in ("mamba", "transformer")) and "linear" not in n]
+        shown = {n: self.maps[n] for n in (preferred or names)[:2]}
+        q = self.query_row % max(len(f.rows_query_task), 1)
+        qtask = int(f.rows_query_task[q]) if len(f.rows_query_task) else 0
+        width = max(self.get_screen("live").query_one(AssociationMap).size.width - 2, 20)
+        self.get_screen("live").query_one(AssociationMap).show(q, shown, f.task_starts, qtask, width)
+
+    def mode_line(self) -> str:
+        if isinstance(self.feed, ReplayFeed):
+            return f"replaying {self.feed.recording.path}"
+        return f"learners: {', '.join(self.learner_names) or '-'}; episode {self.spec.dataset} {self.spec.split}"
+
+    def update_status(self) -> None:
+        if self.screen is not self.get_screen("live"):
+            return
+        c = self.controls
+        speed = SPEEDS[c.speed]
+        state = "playing" if c.playing else "paused"
+        rec = f"  [red]● REC {c.recording_to.name}[/] ({self.recorded_episodes} episodes)" if c.recording_to else ""
+        note = f"  {self.record_note}" if self.record_note and not c.recording_to else ""
+        text = (f"[b]{state}[/b]  speed {'max' if speed is None else f'{speed:g}'} steps/s  "
+                f"showing {self.selected}{rec}{note}")
+        try:
+            self.get_screen("live").query_one("#status", Static).update(text)
+        except NoMatches:  # the live screen is not composed yet; the next redraw shows it
+            pass
+
+    # ---- actions --------------------------------------------------------------------------------
+    def action_toggle_play(self) -> None:
+        self.controls.playing = not self.controls.playing
+        self.wake.set()
+        self.update_status()
+
+    def action_step(self) -> None:
+        self.controls.playing = False
+        self.controls.steps += 1
+        self.wake.set()
+        self.update_status()
+
+    def action_faster(self) -> None:
+        self.controls.speed = min(self.controls.speed + 1, len(SPEEDS) - 1)
+        self.wake.set()
+        self.update_status()
+
+    def action_slower(self) -> None:
+        self.controls.speed = max(self.controls.speed - 1, 0)
+        self.update_status()
+
+    def action_query(self, delta: int) -> None:
+        self.query_row += delta
+        self.dirty = True
+
+    def action_switch(self) -> None:
+        if self.learner_names:
+            i = self.learner_names.index(self.selected) if self.selected in self.learner_names else -1
+            self.show_learner(self.learner_names[(i + 1) % len(self.learner_names)])
+
+    def show_learner(self, name: str) -> None:
+        self.selected = name
+        self.dirty = True
+        self.update_status()
+
+    def action_record(self) -> None:
+        """Start or stop recording. Episodes finished while recording are written (the schema of
+        ``mclstudio record``); an episode still running when recording stops is not."""
+        c = self.controls
+        if not isinstance(self.feed, LiveFeed):
+            self.notify("a replay has no models to record", severity="warning")
+            return
+        if c.recording_to is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            c.recording_to = self.record_dir / f"studio-{stamp}.h5"
+            self.recorded_episodes = 0
+            self.notify(f"recording to {c.recording_to} (each finished episode is written)")
+        else:
+            path, c.recording_to = c.recording_to, None
+            self.record_note = f"recorded {self.recorded_episodes} episodes to {path}"
+            self.notify(self.record_note)
+        self.update_status()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_open(self) -> None:
+        if isinstance(self.feed, ReplayFeed):
+            self.notify("a replay has no models; open checkpoints with `mclstudio open`", severity="warning")
+            return
+        self.controls.playing = False
+        self.push_screen(PickerScreen(self.spec))
+
+    def action_pop_screen_if_live(self) -> None:
+        if self.feed is not None and len(self.screen_stack) > 1:
+            self.pop_screen()
+
+    def action_export_svg(self) -> None:
+        path = self.save_screenshot(path=str(self.record_dir))
+        self.notify(f"saved {path}")
+
+    def action_export_json(self) -> None:
+        import json
+
+        if self.frame is None:
+            self.notify("nothing streamed yet", severity="warning")
+            return
+        out = {
+            "episode": self.frame.episode, "step": self.frame.step,
+            "learners": {
+                s.learner: {
+                    "running_accuracy": [None if np.isnan(v) else v for v in self.history[s.learner]],
+                    "accuracy_matrix": np.where(np.isnan(s.accuracy_matrix), None, s.accuracy_matrix).tolist(),
+                    "forgetting": None if s.forgetting is None else s.forgetting.tolist(),
+                    "state_bytes": s.state_bytes,
+                    "layer_norms": np.stack(self.norms[s.learner]).tolist(),
+                } for s in self.frame.snapshots
+            },
+        }
+        path = self.record_dir / f"studio-episode{self.frame.episode}-step{self.frame.step + 1}.json"
+        path.write_text(json.dumps(out, indent=1))
+        self.notify(f"saved {path}")

@@ -1,0 +1,39 @@
+"""What `mclstudio open` and `mclstudio replay --tui` run. Everything that can fail on bad input (a
+checkpoint or recording path, an episode request) is checked here, before the app starts, and raises
+one of the CLI's one-line error types (CheckpointError, RecordingError, DataError, ValueError)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mclstudio.data.episodes import EpisodeSpec
+from mclstudio.recording.hdf5 import read_recording
+from mclstudio.training.checkpoint import load_checkpoint
+from mclstudio.training.trainer import resolve_device
+from mclstudio.tui.app import StudioApp
+from mclstudio.tui.feeds import LiveFeed, ReplayFeed
+
+
+def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omniglot-mini", split: str = "test",
+                   tasks: int = 20, shots: int = 5, seed: int = 0, noise: float = 0.0, device: str = "auto",
+                   record_dir: str | Path = ".", play: bool = False, show_timing: bool = True) -> StudioApp:
+    """Load the checkpoints (on the GPU when there is one) and check the default episode; the app."""
+    dev = resolve_device(device)
+    loaded = [load_checkpoint(path, device=dev) for path in checkpoints]
+    spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=shots, seed=seed, noise_std=noise)
+    LiveFeed(loaded, spec)  # raises on a spec the learners or the dataset cannot serve
+    if not Path(record_dir).is_dir():
+        raise ValueError(f"record folder not found: {record_dir}")
+    return StudioApp(loaded, spec=spec, record_dir=record_dir, autostart=play, show_timing=show_timing)
+
+
+def build_replay_app(recording: str | Path, show_timing: bool = True) -> StudioApp:
+    return StudioApp(replay=ReplayFeed(read_recording(recording)), show_timing=show_timing)
+
+
+def open_studio(checkpoints: tuple[str, ...] | list[str], **kw: object) -> None:
+    build_open_app(checkpoints, **kw).run()  # type: ignore[arg-type]
+
+
+def replay_studio(recording: str | Path) -> None:
+    build_replay_app(recording).run()

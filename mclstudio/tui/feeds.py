@@ -1,0 +1,171 @@
+"""Where the studio's frames come from: live learners streaming an episode, or a recording replayed.
+
+A feed is plain Python with no Textual in it: the app's thread worker pulls :class:`Frame` objects from
+``feed.frames()`` and posts them to the UI. Keeping this layer UI-free makes it testable on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mclstudio.data.episodes import Episode, EpisodeSpec
+from mclstudio.data.sources import get_source
+from mclstudio.engine.stream import EngineConfig, EpisodeTrace, Snapshot, StreamEngine
+from mclstudio.recording.hdf5 import RecordedEpisode, Recording, RecordingError, RecordingWriter
+from mclstudio.recording.session import default_rows_queries, identity, learner_names, rebuild_episode
+from mclstudio.training.checkpoint import Checkpoint
+
+
+@dataclass
+class Frame:
+    """Everything the UI draws after one stream example: one Snapshot per learner plus the example.
+
+    image: (H, W) float in [-1, 1] of the example just read, or None when it cannot be rebuilt.
+    rows_query_task: (R,) task of each association-map query; task_starts: first step of each task.
+    """
+
+    episode: int
+    step: int
+    num_examples: int
+    tasks: int
+    task: int
+    label: int
+    snapshots: list[Snapshot]
+    image: np.ndarray | None = None
+    rows_query_task: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    task_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    episode_done: bool = False
+
+
+def _image(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) or (H, W) -> (H, W) grey: the mean over channels."""
+    return x.mean(axis=0) if x.ndim == 3 else x
+
+
+def _task_starts(stream_task: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.r_[True, stream_task[1:] != stream_task[:-1]])
+
+
+class LiveFeed:
+    """Streams episodes (seeds spec.seed, spec.seed + 1, ...) through the loaded checkpoints in lock-step,
+    with the same engine settings as ``mclstudio record``, so that a recording made here matches one
+    made there."""
+
+    live = True
+
+    def __init__(self, checkpoints: list[Checkpoint], spec: EpisodeSpec) -> None:
+        if not checkpoints:
+            raise ValueError("open needs at least one checkpoint")
+        for ckpt in checkpoints:
+            if ckpt.learner.config.is_regression:
+                raise ValueError(f"{ckpt.path} is a regression learner; the studio shows classification learners")
+        vocab = min(c.learner.config.y_vocab for c in checkpoints)
+        if spec.num_codes is None:
+            spec = EpisodeSpec.from_dict({**spec.to_dict(), "num_codes": vocab})
+        spec.validate()
+        self.checkpoints = checkpoints
+        self.spec = spec
+        self.names = learner_names(checkpoints)
+        self.config = EngineConfig(rows_queries=default_rows_queries(spec))
+        self.source = get_source(spec.dataset)
+        self.source.check(spec)  # a bad request fails here, in the picker, not in the worker
+        self.episode_index = 0
+        self.traces: dict[str, EpisodeTrace] = {}
+        self.episode: Episode | None = None
+
+    def frames(self) -> Iterator[Frame]:
+        """Endless: one episode after another, each with the next seed."""
+        learners = list(zip(self.names, (c.learner for c in self.checkpoints)))
+        while True:
+            spec = self.spec.with_seed(self.spec.seed + self.episode_index)
+            episode = self.source.episode(spec)
+            engine = StreamEngine(learners, episode, self.config)
+            self.episode = episode
+            self.traces = {n: EpisodeTrace.empty(n, engine, l.config.n_layers) for n, l in learners}
+            images = episode.stream_x[0].cpu().numpy()
+            labels = episode.stream_y[0].cpu().numpy()
+            stream_task = episode.stream_task.cpu().numpy()
+            rows_task = episode.query_task.cpu().numpy()[list(self.config.rows_queries)]
+            starts = _task_starts(stream_task)
+            for snaps in engine:
+                for s in snaps:
+                    self.traces[s.learner].add(s)
+                i = snaps[0].step
+                yield Frame(self.episode_index, i, engine.num_examples, engine.tasks, int(stream_task[i]),
+                            int(labels[i]), snaps, _image(images[i]), rows_task, starts,
+                            episode_done=i == engine.num_examples - 1)
+            self.episode_index += 1
+
+    def start_recording(self, path: str | Path) -> RecordingWriter:
+        """A writer with the schema of ``mclstudio record`` (the recording module's own writer)."""
+        idents = [identity(n, c) for n, c in zip(self.names, self.checkpoints)]
+        return RecordingWriter(path, idents, self.config)
+
+    def write_episode(self, writer: RecordingWriter) -> None:
+        """Append the episode just finished (every step of it is in self.traces)."""
+        assert self.episode is not None
+        writer.write_episode(self.episode, self.traces)
+
+
+class ReplayFeed:
+    """Plays a recording's episodes back as frames, without any model: Snapshots rebuilt from the traces."""
+
+    live = False
+
+    def __init__(self, recording: Recording) -> None:
+        if not recording.episodes:
+            raise RecordingError(f"{recording.path} holds no complete episode")
+        self.recording = recording
+        self.names = [ident.name for ident in recording.learners]
+        self.spec = recording.episodes[0].spec
+        self.episode_index = 0
+
+    def frames(self) -> Iterator[Frame]:
+        for rec in self.recording.episodes:
+            self.episode_index = rec.index
+            yield from self._episode(rec)
+
+    def _episode(self, rec: RecordedEpisode) -> Iterator[Frame]:
+        images = labels = None
+        try:  # the inputs are not recorded, only their ids: rebuild them when the dataset is at hand
+            episode = rebuild_episode(rec)
+            images = episode.stream_x[0].cpu().numpy()
+            labels = episode.stream_y[0].cpu().numpy()
+        except Exception:  # noqa: BLE001 - any failure just means no picture
+            pass
+        n = len(rec.stream_task)
+        starts = _task_starts(rec.stream_task)
+        rows_task = rec.query_task[rec.rows_query_index]
+        # the label code of each stream example: the code of its task
+        codes = rec.codes[rec.stream_task] if labels is None else labels
+        for i in range(n):
+            snaps = [self._snapshot(name, rec, i) for name in self.names]
+            yield Frame(rec.index, i, n, len(rec.codes), int(rec.stream_task[i]), int(codes[i]), snaps,
+                        None if images is None else _image(images[i]), rows_task, starts, episode_done=i == n - 1)
+
+    @staticmethod
+    def _snapshot(name: str, rec: RecordedEpisode, i: int) -> Snapshot:
+        tr = rec.traces[name]
+        task = int(rec.stream_task[i])
+        task_end = i == len(rec.stream_task) - 1 or rec.stream_task[i + 1] != task
+        # the accuracy matrix as it stood after step i: rows of the tasks finished so far
+        done = task + 1 if task_end else task
+        matrix = np.full_like(tr.accuracy_matrix, np.nan, dtype=np.float64)
+        matrix[:done] = tr.accuracy_matrix[:done]
+        snap = Snapshot(name, i, 2 * (i + 1), task, task_end, int(tr.state_bytes[i]), tr.layer_norms[i],
+                        float(tr.latency_s[i]), accuracy_matrix=matrix)
+        if not np.isnan(tr.accuracy[i]):
+            snap.accuracy = float(tr.accuracy[i])
+        if done:
+            from mclstudio.metrics import forgetting
+
+            snap.forgetting = forgetting(matrix[:done, :done])
+        if i in tr.rows_steps:
+            rows = tr.rows[tr.rows_steps.index(i)]
+            snap.rows = rows[..., : 2 * (i + 1)].astype(np.float32)
+            snap.same_class = rec.same_class[:, : 2 * (i + 1)].astype(np.float32)
+        return snap

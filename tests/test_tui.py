@@ -1,0 +1,203 @@
+"""The studio app: Pilot tests that press the keys and read what is shown, replay of a recording, and
+one-line errors for bad paths. Small episodes (few tasks and shots) keep every test to a few seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mclstudio.cli.main import main
+from mclstudio.data.episodes import EpisodeSpec
+from mclstudio.recording.hdf5 import read_recording
+from mclstudio.recording.session import default_rows_queries, record_session
+from mclstudio.training.checkpoint import load_checkpoint
+from mclstudio.tui.app import StudioApp
+from mclstudio.tui.cli import build_open_app, build_replay_app
+from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
+from mclstudio.tui.widgets import AccuracyPanel, ExampleView, StatsPanel
+
+ROOT = Path(__file__).resolve().parent.parent
+MAMBA = str(ROOT / "checkpoints" / "mamba.pt")
+TRANSFORMER = str(ROOT / "checkpoints" / "transformer.pt")
+SIZE = (160, 50)
+pytestmark = pytest.mark.timeout(120)
+
+
+async def wait_until(pilot, cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Let the app run until cond() holds (the worker thread and the redraw timer need real time)."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out waiting for the app"
+        await pilot.pause(0.05)
+
+
+async def settle(pilot, app: StudioApp, frames: int) -> None:
+    """Wait for ``frames`` frames and for the redraw that shows the last one."""
+    await wait_until(pilot, lambda: app.frames_received >= frames)
+    await wait_until(pilot, lambda: not app.dirty)
+    await pilot.pause()
+
+
+def shown(app: StudioApp, widget: type) -> str:
+    return str(app.get_screen("live").query_one(widget).content)
+
+
+def small_app(tmp_path: Path, *checkpoints: str) -> StudioApp:
+    return build_open_app(list(checkpoints) or [MAMBA], tasks=3, shots=2, seed=0, device="cpu",
+                          record_dir=tmp_path, show_timing=False)
+
+
+def test_enter_starts_and_n_steps(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = small_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            assert isinstance(app.screen, PickerScreen)
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await pilot.press("n", "right")
+            await settle(pilot, app, 2)
+            assert app.frames_received == 2  # paused: exactly the steps asked for
+            assert "step 2/6" in shown(app, ExampleView)
+            assert "task 1/3" in shown(app, ExampleView)
+            assert "acc" in shown(app, AccuracyPanel)
+            assert "80.0 KiB" in shown(app, StatsPanel) and "(hidden)" in shown(app, StatsPanel)
+
+    asyncio.run(go())
+
+
+def test_space_plays_and_pauses_speed_keys(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = small_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            status = lambda: str(app.screen.query_one("#status").content)  # noqa: E731
+            await pilot.press("plus", "plus")
+            assert "speed max" in status()
+            await pilot.press("minus")
+            assert "speed 20" in status()
+            await pilot.press("space")
+            assert "playing" in status()
+            await wait_until(pilot, lambda: app.frames_received >= 3)
+            await pilot.press("space")
+            assert "paused" in status()
+            await pilot.pause(0.3)
+            seen = app.frames_received
+            await pilot.pause(0.5)
+            assert app.frames_received == seen  # paused means no more steps
+
+    asyncio.run(go())
+
+
+def test_record_writes_the_record_schema(tmp_path: Path) -> None:
+    async def go() -> Path:
+        app = small_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await pilot.press("r")
+            assert "REC" in str(app.screen.query_one("#status").content)
+            path = app.controls.recording_to
+            assert path is not None
+            await pilot.press("plus", "plus", "plus", "space")  # max speed; one episode is 6 steps
+            await wait_until(pilot, lambda: app.recorded_episodes >= 1)
+            await pilot.press("space", "r")
+            assert "recorded" in str(app.screen.query_one("#status").content)
+            return path
+
+    path = asyncio.run(go())
+    rec = read_recording(path)
+    assert [ident.name for ident in rec.learners] == ["mamba"]
+    assert len(rec.episodes) >= 1
+    spec = rec.episodes[0].spec
+    assert (spec.tasks, spec.train_shots, spec.seed) == (3, 2, 0)
+    assert rec.engine_config.rows_queries == default_rows_queries(spec)
+    # the same data `mclstudio record` writes for this episode
+    ref = read_recording(record_session([load_checkpoint(MAMBA)], spec, 1, tmp_path / "ref.h5"))
+    a, b = rec.episodes[0].traces["mamba"], ref.episodes[0].traces["mamba"]
+    assert (a.predictions_array() == b.predictions_array()).all()
+    assert a.eval_steps == b.eval_steps and a.rows_steps == b.rows_steps
+
+
+def test_help_screen_and_quit(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = small_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            text = " ".join(str(w.content) for w in app.screen.query("Static"))
+            for needle in ("play / pause", "one step", "recording to HDF5", "quit", "command palette"):
+                assert needle in text
+            await pilot.press("escape")
+            assert isinstance(app.screen, LiveScreen)
+            await pilot.press("q")
+            await pilot.pause()
+        assert app.return_code == 0
+
+    asyncio.run(go())
+
+
+def test_association_map_with_mamba_and_transformer(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = small_app(tmp_path, MAMBA, TRANSFORMER)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await pilot.press("n", "n")  # task 1 ends after 2 steps: rows are computed then
+            await settle(pilot, app, 2)
+            text = str(app.screen.query_one("#assoc").content)
+            assert "mamba (after step 2)" in text and "transformer (after step 2)" in text
+            assert "^" in text  # the query's same-class tokens are marked
+            await pilot.press("tab")
+            assert app.selected == "transformer"
+
+    asyncio.run(go())
+
+
+def test_replay_tui_plays_a_recording(tmp_path: Path) -> None:
+    spec = EpisodeSpec(tasks=3, train_shots=2, seed=4, num_codes=100)
+    path = record_session([load_checkpoint(MAMBA)], spec, 1, tmp_path / "run.h5")
+
+    async def go() -> None:
+        app = build_replay_app(path, show_timing=False)
+        async with app.run_test(size=SIZE) as pilot:
+            assert isinstance(app.screen, LiveScreen)  # no picker, no models
+            await pilot.press("n", "n", "n")
+            await settle(pilot, app, 3)
+            assert "step 3/6" in shown(app, ExampleView)
+            assert app.frame is not None and app.frame.image is not None  # rebuilt from the dataset
+            await pilot.press("r")  # nothing to record: a warning, not a crash
+            await pilot.pause()
+
+    asyncio.run(go())
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+        raise SystemExit(0)
+    return int(exit_info.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["open", "missing.pt"], "checkpoint not found"),
+    (["replay", "missing.h5", "--tui"], "recording not found"),
+    (["open", MAMBA, "--tasks", "500"], "label codes"),
+])
+def test_bad_paths_one_line_exit_2(capsys, args: list[str], needle: str) -> None:
+    code, err = run_cli(capsys, *args)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err
+
+
+def test_bad_checkpoint_file(capsys, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    code, err = run_cli(capsys, "open", MAMBA, str(bad))
+    assert code == 2 and "not a readable PyTorch checkpoint" in err and "Traceback" not in err
