@@ -1,0 +1,57 @@
+"""SVG snapshots of the studio's main screens (pytest-textual-snapshot), with fixed seeds and the step
+latencies hidden, so the pictures depend only on the shipped checkpoints and Omniglot-mini.
+Update them after an intended change with: pytest tests/test_tui_snapshots.py --snapshot-update"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from mclstudio.tui.cli import build_open_app
+from mclstudio.tui.screens import LiveScreen
+
+ROOT = Path(__file__).resolve().parent.parent
+CKPTS = [str(ROOT / "checkpoints" / f"{m}.pt") for m in ("mamba", "transformer")]
+SIZE = (160, 48)
+pytestmark = pytest.mark.timeout(120)
+
+
+def app(tmp_path: Path):
+    return build_open_app(CKPTS, tasks=4, shots=2, seed=0, device="cpu", record_dir=tmp_path, show_timing=False)
+
+
+async def wait_until(pilot, cond, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out waiting for the app"
+        await pilot.pause(0.05)
+
+
+def test_picker_screen(snap_compare, tmp_path: Path) -> None:
+    assert snap_compare(app(tmp_path), terminal_size=SIZE)
+
+
+def test_live_screen_after_five_steps(snap_compare, tmp_path: Path) -> None:
+    async def five_steps(pilot) -> None:
+        studio = pilot.app
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(studio.screen, LiveScreen))
+        for _ in range(5):
+            await pilot.press("n")
+        await wait_until(pilot, lambda: studio.frames_received >= 5)
+        await wait_until(pilot, lambda: not studio.dirty)
+        await pilot.pause()
+
+    assert snap_compare(app(tmp_path), terminal_size=SIZE, run_before=five_steps)
+
+
+def test_help_screen(snap_compare, tmp_path: Path) -> None:
+    async def help_screen(pilot) -> None:
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, LiveScreen))
+        await pilot.press("question_mark")
+        await pilot.pause()
+
+    assert snap_compare(app(tmp_path), terminal_size=SIZE, run_before=help_screen)
