@@ -61,6 +61,7 @@ def _import_cuda_scan() -> tuple[Callable[..., Any] | None, str]:
 _cuda_selective_scan, CUDA_SCAN_IMPORT_ERROR = _import_cuda_scan()
 
 ScanBackend = Literal["auto", "reference", "cuda"]
+SCAN_CHUNK = 64
 
 
 def cuda_scan_available() -> bool:
@@ -119,14 +120,17 @@ def selective_scan_reference(
     dtype_in = u.dtype
     u, z, B, C = _wide(u), _wide(z), _wide(B), _wide(C)
     delta = F.softplus(_wide(delta) + delta_bias[:, None])
-    # Everything that does not depend on the state, for all steps at once: (batch, d_inner, L, N).
-    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])
-    drive = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)
     h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
     ys = []
-    for t in range(u.shape[2]):
-        h = decay[:, :, t] * h + drive[:, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
+    # What does not depend on the state is computed for a chunk of steps at once: (batch, d_inner, T, N).
+    # Chunks bound that memory on long streams (a whole 1,000-token stream would need gigabytes).
+    for start in range(0, u.shape[2], SCAN_CHUNK):
+        t_slice = slice(start, start + SCAN_CHUNK)
+        decay = torch.exp(delta[:, :, t_slice].unsqueeze(-1) * A[:, None, :])
+        drive = (delta[:, :, t_slice] * u[:, :, t_slice]).unsqueeze(-1) * B[:, :, t_slice].transpose(1, 2).unsqueeze(1)
+        for t in range(decay.shape[2]):
+            h = decay[:, :, t] * h + drive[:, :, t]
+            ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, start + t]))
     y = torch.stack(ys, dim=2) + D[:, None] * u
     y = y * F.silu(z)
     return y.to(dtype_in), h
