@@ -111,7 +111,8 @@ class StudioApp(App):
         self.wake = threading.Event()
         self.frame: Frame | None = None
         self.dirty = False
-        self.frames_drawn = 0  # redraws done (the benchmark reads it)
+        self.ticks = 0  # redraw timer ticks (the benchmark reads these counters)
+        self.frames_drawn = 0  # ticks that drew a new frame
         self.frames_received = 0
         self.selected = self.learner_names[0] if self.learner_names else ""
         self.query_row = 0
@@ -120,6 +121,8 @@ class StudioApp(App):
         self.maps: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
         self.record_note = ""
         self.recorded_episodes = 0
+        self._drawn_matrix: tuple = ()
+        self._drawn_map: tuple = ()
         self._generation = 0  # bumped per new feed, so a stale worker's frames are dropped
 
     # ---- start-up -------------------------------------------------------------------------------
@@ -238,17 +241,26 @@ class StudioApp(App):
 
     def redraw(self) -> None:
         """Timer: draw the newest frame if it changed. Only this method touches the panels."""
-        self.frames_drawn += 1
+        self.ticks += 1
         if not self.dirty or self.frame is None or self.screen is not self.get_screen("live"):
             return
         self.dirty = False
+        self.frames_drawn += 1
         f, live = self.frame, self.get_screen("live")
         live.query_one(ExampleView).show(f)
         live.query_one(AccuracyPanel).show(f, self.history)
-        live.query_one(MatrixHeatmap).show(f, self.selected)
+        # The matrix and the association map change only at task ends: redraw them only then.
+        snap = next(s for s in f.snapshots if s.learner == self.selected)
+        matrix_key = (f.episode, self.selected, int((~np.isnan(snap.accuracy_matrix)).sum()))
+        if matrix_key != self._drawn_matrix:
+            live.query_one(MatrixHeatmap).show(f, self.selected)
+            self._drawn_matrix = matrix_key
         live.query_one(NormsPanel).show(self.selected, self.norms.get(self.selected, []))
         live.query_one(StatsPanel).show(f, self.show_timing)
-        self._draw_map()
+        map_key = (f.episode, self.query_row, tuple((n, m[2]) for n, m in self.maps.items()))
+        if map_key != self._drawn_map:
+            self._draw_map()
+            self._drawn_map = map_key
         self.update_status()
 
     def _draw_map(self) -> None:

@@ -3,10 +3,14 @@ them touches a model. Rendering is done into rich Text so that it stays determin
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+from rich.color import Color
 from rich.style import Style
 from rich.text import Text
-from textual.widgets import Static
+from textual.strip import Strip
+from textual.widget import Widget
 
 from mclstudio.tui.feeds import Frame
 
@@ -36,21 +40,77 @@ def sparkline(values: list[float], width: int) -> str:
     return "".join(out)
 
 
+@lru_cache(maxsize=4096)
+def _pixel_pair(top: int, bottom: int) -> Style:
+    """The style of one half-block cell; cached because parsing colours dominates drawing."""
+    return Style(color=Color.from_rgb(top, top, top), bgcolor=Color.from_rgb(bottom, bottom, bottom))
+
+
+@lru_cache(maxsize=512)
+def _heat_style(level: int) -> Style:
+    return Style.parse(heat(level / 255) if level >= 0 else heat(float("nan")))
+
+
+def heat_style(v: float) -> Style:
+    """heat() as a cached Style, quantised to 256 levels."""
+    return _heat_style(-1 if np.isnan(v) else int(round(255 * min(max(v, 0.0), 1.0))))
+
+
 def half_block_image(image: np.ndarray) -> Text:
     """(H, W) values in [-1, 1] (ink is high) -> H/2 lines of '▀', top pixel as foreground colour and
     bottom pixel as background colour, so each character cell shows two pixels."""
-    img = (np.clip(image, -1, 1) + 1) / 2
+    img = np.round(255 * (np.clip(image, -1, 1) + 1) / 2).astype(int)
     if img.shape[0] % 2:
-        img = np.vstack([img, np.zeros((1, img.shape[1]))])
+        img = np.vstack([img, np.zeros((1, img.shape[1]), dtype=int)])
     text = Text()
     for r in range(0, img.shape[0], 2):
-        for c in range(img.shape[1]):
-            text.append("▀", Style(color=grey(img[r, c]), bgcolor=grey(img[r + 1, c])))
+        top, bottom = img[r].tolist(), img[r + 1].tolist()
+        for t, b in zip(top, bottom):
+            text.append("▀", _pixel_pair(t, b))
         text.append("\n")
     return text
 
 
-class ExampleView(Static):
+class TextLines(Widget):
+    """A panel drawn from rich Text through Textual's line API (``render_line``): the text is turned
+    into strips of segments once per update, which is several times cheaper to composite than a Static
+    when a panel holds hundreds of differently coloured cells (the image, the heatmaps)."""
+
+    DEFAULT_CSS = "TextLines { height: auto; }"
+
+    def __init__(self, text: str = "", **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._text = Text(text)
+        self._strips: list[Strip] | None = None
+
+    @property
+    def content(self) -> str:
+        """The plain text shown (what tests read)."""
+        return self._text.plain
+
+    def update(self, text: Text | str) -> None:
+        old_height = len(self._text.plain.splitlines())
+        self._text = Text(text) if isinstance(text, str) else text
+        self._strips = None
+        self.refresh(layout=len(self._text.plain.splitlines()) != old_height)
+
+    def _lines(self) -> list[Strip]:
+        if self._strips is None:
+            text = self._text.copy()
+            text.rstrip()
+            self._strips = [Strip(list(line.render(self.app.console))) for line in text.split("\n", allow_blank=True)]
+        return self._strips
+
+    def get_content_height(self, container: object, viewport: object, width: int) -> int:
+        return len(self._lines())
+
+    def render_line(self, y: int) -> Strip:
+        lines, width = self._lines(), self.size.width
+        strip = lines[y] if y < len(lines) else Strip.blank(0)
+        return strip.crop_extend(0, width, None).apply_style(self.rich_style)
+
+
+class ExampleView(TextLines):
     """The example just read: its image in half-blocks, its task and label."""
 
     def show(self, frame: Frame) -> None:
@@ -64,7 +124,7 @@ class ExampleView(Static):
         self.update(text)
 
 
-class AccuracyPanel(Static):
+class AccuracyPanel(TextLines):
     """Per learner: running accuracy on the tasks seen (value and curve over steps), mean forgetting,
     and per-task accuracy after the last finished task as a row of coloured bars."""
 
@@ -82,14 +142,14 @@ class AccuracyPanel(Static):
                 row = s.accuracy_matrix[np.flatnonzero(filled)[-1]]
                 text.append(" per task ")
                 for v in row:
-                    text.append(" " if np.isnan(v) else BLOCKS[min(int(v * 8), 7)], style=heat(v))
+                    text.append(" " if np.isnan(v) else BLOCKS[min(int(v * 8), 7)], style=heat_style(v))
                 text.append("\n")
             else:
                 text.append(" per task (after the first task ends)\n", style="dim")
         self.update(text)
 
 
-class MatrixHeatmap(Static):
+class MatrixHeatmap(TextLines):
     """The accuracy matrix A[k, j] (accuracy on task j after learning k + 1 tasks) as coloured cells."""
 
     def show(self, frame: Frame, learner: str) -> None:
@@ -98,16 +158,16 @@ class MatrixHeatmap(Static):
         text = Text(f"{learner}: rows = tasks learned, columns = task\n", style="bold")
         for k in range(m.shape[0]):
             for j in range(m.shape[1]):
-                text.append("  " if j > k else "██", style=heat(m[k, j]))
+                text.append("  " if j > k else "██", style=heat_style(m[k, j]))
             text.append("\n")
         text.append("0% ", style="dim")
         for v in np.linspace(0, 1, 8):
-            text.append("█", style=heat(v))
+            text.append("█", style=heat_style(v))
         text.append(" 100%", style="dim")
         self.update(text)
 
 
-class StatsPanel(Static):
+class StatsPanel(TextLines):
     """State memory and step latency of every learner. Latency can be hidden (deterministic snapshots)."""
 
     def show(self, frame: Frame, show_timing: bool = True) -> None:
@@ -128,7 +188,7 @@ def fmt_bytes(n: int) -> str:
     return str(n)
 
 
-class NormsPanel(Static):
+class NormsPanel(TextLines):
     """Hidden-state norm per layer over the steps, as one sparkline per layer (scaled per layer)."""
 
     def show(self, learner: str, norms: list[np.ndarray], width: int = 40) -> None:
@@ -144,7 +204,7 @@ class NormsPanel(Static):
         self.update(text)
 
 
-class AssociationMap(Static):
+class AssociationMap(TextLines):
     """For one query: each learner's association row (Mamba's hidden attention, the Transformer's
     attention) over the past tokens, last layer, binned to the panel width. Below each row, '|' marks
     a task boundary and '^' the true same-class tokens (the query's task)."""
@@ -165,7 +225,7 @@ class AssociationMap(Static):
             bounds = {int(np.searchsorted(edges, 2 * t, side="right") - 1) for t in task_starts[1:] if 2 * t < tokens}
             text.append(f"{name} (after step {step + 1})\n")
             for b in range(bins):
-                text.append("█", style=heat(float(weight[b])))
+                text.append("█", style=heat_style(float(weight[b])))
             text.append("\n")
             for b in range(bins):
                 text.append("|" if b in bounds else ("^" if match[b] else " "),
