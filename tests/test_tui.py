@@ -201,3 +201,43 @@ def test_bad_checkpoint_file(capsys, tmp_path: Path) -> None:
     bad.write_text("not a checkpoint")
     code, err = run_cli(capsys, "open", MAMBA, str(bad))
     assert code == 2 and "not a readable PyTorch checkpoint" in err and "Traceback" not in err
+
+
+def test_picker_shows_a_bad_checkpoint_path_inside_the_app(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = small_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            app.screen.query_one("#checkpoints").value = str(tmp_path / "nope.pt")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert isinstance(app.screen, PickerScreen)  # still there, with the reason
+            assert "checkpoint not found" in str(app.screen.query_one("#picker-error").content)
+            app.screen.query_one("#checkpoints").value = f"{MAMBA} {TRANSFORMER}"
+            await pilot.pause(0.4)  # a Button ignores a second press during its 0.2 s press effect
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            assert app.learner_names == ["mamba", "transformer"]
+
+    asyncio.run(go())
+
+
+def test_command_palette_switch_and_export(tmp_path: Path) -> None:
+    async def go() -> None:
+        app = small_app(tmp_path, MAMBA, TRANSFORMER)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await pilot.press("n", "n", "right_square_bracket")
+            await settle(pilot, app, 2)
+            assert "map 2/3: a query of task 2" in str(app.screen.query_one("#assoc").content)
+            for command, done in (("switch: show transformer", lambda: app.selected == "transformer"),
+                                  ("export: screenshot", lambda: any(tmp_path.glob("*.svg")))):
+                await pilot.press("ctrl+p")
+                await pilot.pause(0.2)
+                await pilot.press(*command)
+                await pilot.pause(0.5)
+                await pilot.press("enter")
+                await wait_until(pilot, done, timeout=10)
+                await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen), timeout=10)
+
+    asyncio.run(go())

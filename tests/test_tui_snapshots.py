@@ -13,9 +13,14 @@ from mclstudio.tui.cli import build_open_app
 from mclstudio.tui.screens import LiveScreen
 
 ROOT = Path(__file__).resolve().parent.parent
-CKPTS = [str(ROOT / "checkpoints" / f"{m}.pt") for m in ("mamba", "transformer")]
+CKPTS = [f"checkpoints/{m}.pt" for m in ("mamba", "transformer")]  # relative: the picker shows them
 SIZE = (160, 48)
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def in_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
 
 
 def app(tmp_path: Path):

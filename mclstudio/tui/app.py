@@ -25,7 +25,7 @@ from textual.worker import get_current_worker
 
 from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.recording.hdf5 import RecordingWriter
-from mclstudio.training.checkpoint import Checkpoint
+from mclstudio.training.checkpoint import Checkpoint, load_checkpoint
 from mclstudio.tui.feeds import Frame, LiveFeed, ReplayFeed
 from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
 from mclstudio.tui.widgets import AccuracyPanel, AssociationMap, ExampleView, MatrixHeatmap, NormsPanel, StatsPanel
@@ -139,13 +139,25 @@ class StudioApp(App):
             self.push_screen(PickerScreen(self.spec))
         self.set_interval(1 / REDRAW_HZ, self.redraw)
 
-    def start_episode(self, spec: EpisodeSpec) -> str | None:
-        """Called by the picker: build a live feed for ``spec``; return an error line, or None."""
+    def checkpoint_paths(self) -> list[str]:
+        return [str(c.path) for c in self.checkpoints]
+
+    def start_episode(self, spec: EpisodeSpec, paths: list[str] | None = None) -> str | None:
+        """Called by the picker: (re)load the checkpoints if other paths were given, build a live feed for
+        ``spec``; return an error line for the picker to show, or None."""
         try:
-            feed = LiveFeed(self.checkpoints, spec)
+            checkpoints = self.checkpoints
+            if paths is not None and paths != self.checkpoint_paths():
+                if not paths:
+                    return "give at least one checkpoint"
+                device = next(self.checkpoints[0].learner.parameters()).device if self.checkpoints else "cpu"
+                checkpoints = [load_checkpoint(p, device=device) for p in paths]
+            feed = LiveFeed(checkpoints, spec)
         except Exception as exc:  # noqa: BLE001 - shown in the picker, one line
             return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         self.spec = spec
+        self.checkpoints = checkpoints
+        self.sub_title = ", ".join(feed.names)
         self.learner_names = list(feed.names)
         if self.selected not in self.learner_names:
             self.selected = self.learner_names[0]
@@ -274,7 +286,8 @@ class StudioApp(App):
         q = self.query_row % max(len(f.rows_query_task), 1)
         qtask = int(f.rows_query_task[q]) if len(f.rows_query_task) else 0
         width = max(self.get_screen("live").query_one(AssociationMap).size.width - 2, 20)
-        self.get_screen("live").query_one(AssociationMap).show(q, shown, f.task_starts, qtask, width)
+        self.get_screen("live").query_one(AssociationMap).show(q, shown, f.task_starts, qtask,
+                                                             len(f.rows_query_task), width)
 
     def mode_line(self) -> str:
         if isinstance(self.feed, ReplayFeed):

@@ -44,6 +44,8 @@ class PickerScreen(Screen):
         yield Header()
         with Vertical(id="picker"):
             yield Label("Episode", classes="title")
+            yield Label("checkpoints (space-separated paths)")
+            yield Input(" ".join(self.app.checkpoint_paths()), id="checkpoints")  # type: ignore[attr-defined]
             yield Label("dataset / domain (omniglot-mini, torchvision:<Name>)")
             yield Input(s.dataset, id="dataset")
             yield Label("split (meta-test or meta-train alphabets)")
@@ -77,7 +79,8 @@ class PickerScreen(Screen):
         except ValueError as exc:
             self.query_one("#picker-error", Static).update(f"[red]not a number: {exc}[/]")
             return
-        error = self.app.start_episode(spec)  # type: ignore[attr-defined]
+        paths = get("checkpoints").split()
+        error = self.app.start_episode(spec, paths)  # type: ignore[attr-defined]
         if error:
             self.query_one("#picker-error", Static).update(f"[red]{error}[/]")
 

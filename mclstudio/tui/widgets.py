@@ -210,8 +210,8 @@ class AssociationMap(TextLines):
     a task boundary and '^' the true same-class tokens (the query's task)."""
 
     def show(self, query: int, maps: dict[str, tuple[np.ndarray, np.ndarray, int]], task_starts: np.ndarray,
-             query_task: int, width: int = 100) -> None:
-        text = Text(f"association map for query {query} (task {query_task + 1}), last layer\n", style="bold")
+             query_task: int, n_queries: int = 1, width: int = 100) -> None:
+        text = Text(f"map {query + 1}/{n_queries}: a query of task {query_task + 1}, last layer\n", style="bold")
         if not maps:
             text.append("(computed at the end of each task; not yet)\n", style="dim")
         for name, (rows, same, step) in maps.items():
