@@ -31,9 +31,6 @@ async def shoot(folder: Path, steps: int = 40) -> list[Path]:
             await pilot.pause(0.1)
         await pilot.pause(0.2)
         written.append(Path(app.save_screenshot("tui-live.svg", path=str(folder))))
-        await pilot.press("question_mark")
-        await pilot.pause(0.2)
-        written.append(Path(app.save_screenshot("tui-help.svg", path=str(folder))))
     return written
 
 
