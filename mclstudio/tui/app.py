@@ -109,6 +109,7 @@ class StudioApp(App):
         self.learner_names: list[str] = list(replay.names) if replay else []
         self.controls = Controls()
         self.wake = threading.Event()
+        self.step_lock = threading.Lock()
         self.frame: Frame | None = None
         self.dirty = False
         self.ticks = 0  # redraw timer ticks (the benchmark reads these counters)
@@ -203,8 +204,9 @@ class StudioApp(App):
                     c.playing = False
                     self.post_message(FeedFailed("end of the recording"))
                     return
-                if c.steps > 0 and not c.playing:
-                    c.steps -= 1
+                if not c.playing:
+                    with self.step_lock:
+                        c.steps = max(c.steps - 1, 0)
                 if isinstance(feed, LiveFeed):
                     writer = self._record(feed, frame, writer)
                 if generation == self._generation:  # a newer feed replaced this one: drop the frame
@@ -312,12 +314,15 @@ class StudioApp(App):
     # ---- actions --------------------------------------------------------------------------------
     def action_toggle_play(self) -> None:
         self.controls.playing = not self.controls.playing
+        with self.step_lock:  # pending single steps do not outlive a play
+            self.controls.steps = 0
         self.wake.set()
         self.update_status()
 
     def action_step(self) -> None:
         self.controls.playing = False
-        self.controls.steps += 1
+        with self.step_lock:  # the worker decrements it: a read-modify-write on both sides
+            self.controls.steps += 1
         self.wake.set()
         self.update_status()
 
