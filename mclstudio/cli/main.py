@@ -207,27 +207,6 @@ def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: 
                 device=device, record_dir=record_dir, play=play)
 
 
-def _add_replay_tui_flag() -> None:
-    """`replay --tui`: open the recording in the studio app (no models) instead of printing a summary."""
-    replay = cli.commands["replay"]
-    summary = replay.callback
-    replay.params.append(click.Option(["--tui"], is_flag=True, help="Open the recording in the studio app."))
-
-    def callback(tui: bool = False, **kw: Any) -> None:
-        if tui:
-            from mclstudio.tui.cli import replay_studio
-
-            replay_studio(kw["recording"])
-            return
-        assert summary is not None
-        summary(**kw)
-
-    replay.callback = callback
-
-
-_add_replay_tui_flag()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning known errors into one line and exit code 2."""
     try:

@@ -71,9 +71,15 @@ def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: int, 
               help="Re-run the episodes through the recorded checkpoints and check every prediction.")
 @click.option("--with", "others", multiple=True, help="Re-run the episodes through another checkpoint (repeatable).")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Terminal plot of accuracy against tasks learned.")
+@click.option("--tui", is_flag=True, help="Open the recording in the studio app (no models) instead.")
 def replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool, others: tuple[str, ...],
-           plot: bool) -> None:
+           plot: bool, tui: bool) -> None:
     """Summarise a recording: accuracy, forgetting, state size and step latency per learner."""
+    if tui:
+        from mclstudio.tui.cli import replay_studio
+
+        replay_studio(recording)
+        return
     from mclstudio.recording.hdf5 import read_recording
     from mclstudio.recording.session import recording_summary, rerun, summarize, verify
     from mclstudio.training.checkpoint import load_checkpoint
