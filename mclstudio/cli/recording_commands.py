@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mclstudio.engine.stream import EVAL_MODES, ROWS_MODES, EngineConfig
+from mclstudio.formatting import format_bytes
 
 
 @click.command()
@@ -165,16 +166,8 @@ def _print_table(rec: Any, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         ci = "-" if math.isnan(r["accuracy_ci95"]) else f"±{100 * r['accuracy_ci95']:.1f}"
         table.add_row(r["learner"], r["source"], f"{100 * r['accuracy']:.1f}%", ci, f"{100 * r['forgetting']:.1f}%",
-                      _bytes(r["first_state_bytes"]), _bytes(r["final_state_bytes"]), f"{r['step_latency_ms']:.2f} ms")
+                      format_bytes(r["first_state_bytes"]), format_bytes(r["final_state_bytes"]), f"{r['step_latency_ms']:.2f} ms")
     Console(width=max(100, Console().width)).print(table)
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _plot(rows: list[dict[str, Any]]) -> str:

@@ -13,6 +13,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from mclstudio.tui.feeds import Frame
+from mclstudio.formatting import format_bytes
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -174,18 +175,10 @@ class StatsPanel(TextLines):
         text = Text()
         for s in frame.snapshots:
             text.append(f"{s.learner}\n", style="bold")
-            text.append(f" state {fmt_bytes(s.state_bytes):>10}")
+            text.append(f" state {format_bytes(s.state_bytes):>10}")
             text.append(f"  step {1e3 * s.latency_s:5.1f} ms" if show_timing else "  step (hidden)")
             text.append("\n")
         self.update(text)
-
-
-def fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 class NormsPanel(TextLines):
