@@ -135,6 +135,8 @@ class StreamEngine:
         for _, learner in self.learners:
             learner.eval()
         states = [learner.empty_state(1) for _, learner in self.learners]
+        with torch.no_grad():  # the queries' embeddings never change during an episode: embed them once
+            self._query_embeddings = [learner.embedding.embed_x(self.episode.query_x) for _, learner in self.learners]
         matrices = [np.full((self.tasks, self.tasks), np.nan) for _ in self.learners]
         for i in range(self.num_examples):
             # no_grad per step, not around the loop: a generator's context would leak into its caller.
@@ -176,7 +178,7 @@ class StreamEngine:
         if cfg.eval_every == "step" or (cfg.eval_every == "task" and task_end):
             # Queries of the tasks seen so far, read from the current state (left unchanged).
             seen = torch.nonzero(ep.query_task <= task).squeeze(1)
-            logits = learner.query(state, ep.query_x[:, seen])  # (1, Q_seen, V)
+            logits = learner.answer_embedded(state, self._query_embeddings[k][:, seen]).logits  # (1, Q_seen, V)
             pred = logits.argmax(-1)[0]
             correct = pred == ep.query_y[0, seen]
             if task_end:

@@ -142,13 +142,15 @@ class Learner(nn.Module, ABC):
         if not embedded:
             stream_x, query_x = self.embedding.embed_x(stream_x), self.embedding.embed_x(query_x)
         state = self.scan(self.embedding.interleave(stream_x, stream_y), keep_history=with_rows)
-        return self._answer_embedded(state, query_x, with_rows)
+        return self.answer_embedded(state, query_x, with_rows)
 
     def answer(self, state: State, query_x: Tensor, with_rows: bool = False) -> LearnerOutput:
         """Logits of queries query_x: (B, Q, *x_shape) read from state (unchanged)."""
-        return self._answer_embedded(state, self.embedding.embed_x(query_x), with_rows)
+        return self.answer_embedded(state, self.embedding.embed_x(query_x), with_rows)
 
-    def _answer_embedded(self, state: State, hq: Tensor, with_rows: bool) -> LearnerOutput:
+    def answer_embedded(self, state: State, hq: Tensor, with_rows: bool = False) -> LearnerOutput:
+        """Like ``answer`` for queries already embedded, hq: (B, Q, D) (streaming re-reads the same
+        queries after every step; their embeddings never change, so callers embed them once)."""
         out, rows = self.read(state, hq, with_rows)
         return LearnerOutput(self.head(self.norm_f(out)), rows)
 
