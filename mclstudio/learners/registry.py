@@ -5,15 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from mclstudio.learners.attention import (
-    LinearTransformerConfig,
     LinearTransformerLearner,
-    PerformerConfig,
     PerformerLearner,
-    TransformerConfig,
     TransformerLearner,
 )
-from mclstudio.learners.base import Learner, LearnerConfig, LearnerOutput, State
-from mclstudio.learners.mamba import MambaConfig, MambaLearner
+from mclstudio.learners.base import Learner, LearnerConfig
+from mclstudio.learners.mamba import MambaLearner
 
 LEARNERS: dict[str, type[Learner]] = {
     "mamba": MambaLearner,
