@@ -24,7 +24,7 @@ TINY_ATTN = {**TINY, "n_heads": 2, "d_ff": 32}
 
 
 def tiny_config(tmp_path: Path, model: str = "mamba", **kw) -> TrainConfig:
-    learner = TINY if model == "mamba" else TINY_ATTN
+    learner = TINY if model in ("mamba", "longhorn") else TINY_ATTN
     base = dict(model=model, tasks=3, train_shots=2, test_shots=1, steps=4, batch_size=2, lr=1e-3,
                 checkpoint_every=2, log_every=2, out=str(tmp_path / f"{model}.pt"), device="cpu", learner=learner)
     base.update(kw)
@@ -51,7 +51,7 @@ def test_metrics():
     assert forgetting(A) == pytest.approx([0.4, -0.05, 0.0])
 
 
-@pytest.mark.parametrize("model", ["mamba", "transformer", "linear_transformer", "performer"])
+@pytest.mark.parametrize("model", ["mamba", "transformer", "linear_transformer", "performer", "longhorn"])
 def test_training_writes_a_safe_checkpoint_for_every_model(tmp_path, model):
     final = train(tiny_config(tmp_path, model))
     assert final["step"] == 4 and math.isfinite(final["loss"]) and final["slct_loss"] > 0

@@ -16,7 +16,7 @@ import click
 from mclstudio import __version__
 from mclstudio.cli.errors import ERROR_TYPES
 
-MODELS = ["mamba", "transformer", "linear_transformer", "performer"]
+MODELS = ["mamba", "transformer", "linear_transformer", "performer", "longhorn"]  # = learners.registry.LEARNERS (kept here: importing it loads torch)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from mclstudio.learners.attention import (
@@ -10,6 +11,7 @@ from mclstudio.learners.attention import (
     TransformerLearner,
 )
 from mclstudio.learners.base import Learner, LearnerConfig
+from mclstudio.learners.longhorn import LonghornLearner
 from mclstudio.learners.mamba import MambaLearner
 
 LEARNERS: dict[str, type[Learner]] = {
@@ -17,6 +19,7 @@ LEARNERS: dict[str, type[Learner]] = {
     "transformer": TransformerLearner,
     "linear_transformer": LinearTransformerLearner,
     "performer": PerformerLearner,
+    "longhorn": LonghornLearner,
 }
 
 
@@ -32,7 +35,12 @@ def make_config(model: str, **overrides: Any) -> LearnerConfig:
     """A model's default config with some fields changed (unknown fields are an error)."""
     if model not in LEARNERS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(LEARNERS)}")
-    return LEARNERS[model].config_class(**overrides)
+    config_class = LEARNERS[model].config_class
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} does not apply to model {model!r} (its settings: {', '.join(sorted(known))})")
+    return config_class(**overrides)
 
 
 def build_learner(config: LearnerConfig) -> Learner:

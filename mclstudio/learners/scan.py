@@ -1,11 +1,16 @@
-"""The selective scan of Mamba-1, in one place.
+"""The diagonal selective recurrence of Mamba-1 (and Longhorn), in one place.
 
-h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t        (per channel d, state index n)
-y_t = C_t . h_t + D * u_t, then gated by silu(z_t)
+Per channel d and state index n, a token with transition (log_decay, rate, key) does
 
-``selective_scan`` runs the whole sequence: on CUDA it uses mamba_ssm's fused kernel when that package
-imports, otherwise the reference loop below (float32, any device). ``selective_step`` advances one token,
-for streaming. Shapes follow mamba_ssm: channels before time.
+    h_t = exp(log_decay_t) * h_{t-1} + rate_t * u_t * key_t
+    y_t = C_t . h_t + D * u_t, then gated by silu(z_t)
+
+Mamba-1: log_decay = delta * A, rate = delta, key = B (``mamba_transition``); Longhorn has its own.
+
+- ``selective_scan``: Mamba's whole sequence; on CUDA mamba_ssm's fused kernel when that package imports,
+  otherwise ``diagonal_scan``, the reference loop (float32, any device).
+- ``diagonal_step``: one token, for streaming. ``diagonal_read``: queries as one more token each.
+Shapes follow mamba_ssm: channels before time.
 """
 
 from __future__ import annotations
@@ -15,27 +20,34 @@ import importlib.util
 import sys
 import types
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from mclstudio.learners.hidden_attention import stream_keys
-
+from torch.utils.checkpoint import checkpoint
 
 
-def _import_cuda_scan() -> tuple[Callable[..., Any] | None, str]:
-    """mamba_ssm's fused selective_scan_fn, or None and the reason it is missing.
+class Transition(NamedTuple):
+    """How tokens move the state: h <- exp(log_decay) * h + rate * u (x) key, float32.
+    log_decay: (..., d_inner, N), <= 0; rate: (..., d_inner); key: (..., N)."""
+
+    log_decay: Tensor
+    rate: Tensor
+    key: Tensor
+
+
+def _import_cuda_scan() -> tuple[Any | None, str]:
+    """mamba_ssm's selective_scan_interface module, or None and the reason it is missing.
 
     mamba_ssm's package __init__ also imports its language-model code, which breaks with some
     transformers releases (5.x removed names it imports). The scan needs none of that, so when the
     normal import fails for such a reason we import the ops module with the package body skipped.
     """
     try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        from mamba_ssm.ops import selective_scan_interface
 
-        return selective_scan_fn, ""
+        return selective_scan_interface, ""
     except ModuleNotFoundError as exc:
         if exc.name in ("mamba_ssm", "selective_scan_cuda"):
             return None, f"{exc.name} is not installed"
@@ -51,14 +63,13 @@ def _import_cuda_scan() -> tuple[Callable[..., Any] | None, str]:
     package.__path__ = list(spec.submodule_search_locations)
     sys.modules["mamba_ssm"] = package
     try:
-        module = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
-        return module.selective_scan_fn, ""
+        return importlib.import_module("mamba_ssm.ops.selective_scan_interface"), ""
     except Exception as exc:
         del sys.modules["mamba_ssm"]
         return None, f"{first_error}; without the package body: {type(exc).__name__}: {exc}"
 
 
-_cuda_selective_scan, CUDA_SCAN_IMPORT_ERROR = _import_cuda_scan()
+_cuda_scan_module, CUDA_SCAN_IMPORT_ERROR = _import_cuda_scan()
 
 ScanBackend = Literal["auto", "reference", "cuda"]
 SCAN_CHUNK = 64
@@ -66,7 +77,37 @@ SCAN_CHUNK = 64
 
 def cuda_scan_available() -> bool:
     """True when mamba_ssm's fused selective scan imported and a GPU is present."""
-    return _cuda_selective_scan is not None and torch.cuda.is_available()
+    return _cuda_scan_module is not None and torch.cuda.is_available()
+
+
+@torch.library.custom_op("mclstudio::cuda_selective_scan", mutates_args=())
+def _cuda_scan_inference(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor
+) -> tuple[Tensor, Tensor]:
+    """mamba_ssm's fused forward kernel alone, as a torch op: torch.compile and CUDA graphs can then
+    take a whole learner's inference in one graph (its autograd.Function would break the graph)."""
+    assert _cuda_scan_module is not None
+    out, intermediates, out_z = _cuda_scan_module.selective_scan_cuda.fwd(u, delta, A, B, C, D, z, delta_bias, True)
+    return out_z, intermediates[:, :, -1, 1::2].contiguous()
+
+
+@_cuda_scan_inference.register_fake
+def _(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
+
+
+def decay_to_end(log_decay: Tensor) -> Tensor:
+    """exp(R_j), R_j = sum_{k>j} log_decay_k: how much of token j's drive is left at the end of the stream.
+    log_decay: (batch, L, d_inner, N) -> (batch, L, d_inner, N)."""
+    # A reverse cumulative sum adds up only the tail, so tokens near the end (the ones that matter most)
+    # keep full float32 precision even in long streams.
+    return torch.exp(torch.flip(torch.cumsum(torch.flip(log_decay, [1]), dim=1), [1]) - log_decay)
+
+
+def last_state_from_drives(move: Transition, u: Tensor) -> Tensor:
+    """The state after a stream, built as sum_j exp(R_j) * rate_j * u_j * key_j (no loop).
+    move: the stream's Transition, time second; u: (batch, d_inner, L). Returns (batch, d_inner, N)."""
+    return torch.einsum("bldn,bld,bln->bdn", decay_to_end(move.log_decay), move.rate * widen(u).transpose(1, 2), move.key)
 
 
 def selective_scan(
@@ -79,75 +120,123 @@ def selective_scan(
     z: Tensor,
     delta_bias: Tensor,
     backend: ScanBackend = "auto",
-    keys: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Scan a whole sequence; delta goes through softplus(delta + delta_bias).
+    """Mamba's scan of a whole sequence; delta goes through softplus(delta + delta_bias).
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, N) (negative); B, C: (batch, N, L);
-    D, delta_bias: (d_inner,). keys: the stream's hidden-attention keys if the caller has them
-    (``hidden_attention.stream_keys``), reused by the CUDA path for a differentiable last state.
+    D, delta_bias: (d_inner,).
     Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) in float32.
     """
-    use_cuda = backend == "cuda" or (backend == "auto" and u.is_cuda and _cuda_selective_scan is not None)
-    if use_cuda:
-        if _cuda_selective_scan is None:
-            raise RuntimeError(f"the CUDA selective scan is unavailable ({CUDA_SCAN_IMPORT_ERROR}); "
-                               "pip install 'mclstudio[cuda]' on a machine with nvcc")
-        y, last_state = _cuda_selective_scan(
-            u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
-            D.float(), z=z.contiguous(), delta_bias=delta_bias.float(), delta_softplus=True,
-            return_last_state=True,
-        )
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, delta_bias)):
-            # mamba_ssm's backward ignores the gradient of last_state, and our queries are read from
-            # it: rebuild the same state differentiably as sum_j H_j * u_j (see hidden_attention).
-            if keys is None:
-                keys = stream_keys(F.softplus(delta.float() + delta_bias.float()[:, None]), A, B)
-            last_state = torch.einsum("bldn,bdl->bdn", keys, u.float())
-        return y, last_state.float()
-    return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias)
+    use_cuda = backend == "cuda" or (backend == "auto" and u.is_cuda and _cuda_scan_module is not None)
+    if not use_cuda:
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias)
+    if _cuda_scan_module is None:
+        raise RuntimeError(f"the CUDA selective scan is unavailable ({CUDA_SCAN_IMPORT_ERROR}); "
+                           "pip install 'mclstudio[cuda]' on a machine with nvcc")
+    args = (u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), D.float(),
+            z.contiguous(), delta_bias.float())
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))):
+        return _cuda_scan_inference(*args)
+    y, last_state = _cuda_scan_module.selective_scan_fn(
+        *args[:6], z=args[6], delta_bias=args[7], delta_softplus=True, return_last_state=True
+    )
+    # mamba_ssm's backward ignores the gradient of last_state, and our queries are read from it: rebuild
+    # the same state differentiably (recomputed in the backward pass rather than stored: it is large).
+
+    def rebuild(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tensor) -> Tensor:
+        d = F.softplus(delta.float() + delta_bias.float()[:, None]).transpose(1, 2)
+        return last_state_from_drives(mamba_transition(d, A, B.transpose(1, 2)), u)
+
+    last_state = checkpoint(rebuild, u, delta, A, B, delta_bias, use_reentrant=False)
+    return y, last_state.float()
 
 
-def _wide(t: Tensor) -> Tensor:
+def widen(t: Tensor) -> Tensor:
     """At least float32 (float64 stays float64, so tests can check in double precision)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def selective_scan_reference(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor
+def mamba_transition(delta: Tensor, A: Tensor, B: Tensor) -> Transition:
+    """Mamba-1's zero-order-hold transition: decay exp(delta * A), drive delta * u * B.
+    delta: (..., d_inner) after softplus; A: (d_inner, N) negative; B: (..., N)."""
+    delta = widen(delta)
+    return Transition(delta.unsqueeze(-1) * A, delta, widen(B))
+
+
+def diagonal_scan(
+    u: Tensor, z: Tensor, C: Tensor, D: Tensor, transition: Callable[[slice], Transition]
 ) -> tuple[Tensor, Tensor]:
-    """The scan as a loop over time, in float32. Same arguments and results as ``selective_scan``."""
+    """The diagonal recurrence over a whole sequence, as a loop over time in float32 (any device).
+
+    h_t = exp(log_decay_t) * h_{t-1} + rate_t * u_t (x) key_t;  y_t = C_t . h_t + D * u_t, gated by silu(z_t).
+    u, z: (batch, d_inner, L); C: (batch, N, L); D: (d_inner,). transition(t_slice) gives the Transition
+    of those tokens with time second: (batch, T, d_inner, N), (batch, T, d_inner), (batch, T, N).
+    Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) float32.
+    """
     dtype_in = u.dtype
-    u, z, B, C = _wide(u), _wide(z), _wide(B), _wide(C)
-    delta = F.softplus(_wide(delta) + delta_bias[:, None])
-    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    u, z, C = widen(u), widen(z), widen(C)
+    h: Tensor | None = None
     ys = []
-    # What does not depend on the state is computed for a chunk of steps at once: (batch, d_inner, T, N).
+    # What does not depend on the state is computed for a chunk of steps at once: (batch, T, d_inner, N).
     # Chunks bound that memory on long streams (a whole 1,000-token stream would need gigabytes).
     for start in range(0, u.shape[2], SCAN_CHUNK):
         t_slice = slice(start, start + SCAN_CHUNK)
-        decay = torch.exp(delta[:, :, t_slice].unsqueeze(-1) * A[:, None, :])
-        drive = (delta[:, :, t_slice] * u[:, :, t_slice]).unsqueeze(-1) * B[:, :, t_slice].transpose(1, 2).unsqueeze(1)
-        for t in range(decay.shape[2]):
-            h = decay[:, :, t] * h + drive[:, :, t]
+        move = transition(t_slice)
+        decay = torch.exp(move.log_decay)
+        drive = (move.rate * u[:, :, t_slice].transpose(1, 2)).unsqueeze(-1) * move.key.unsqueeze(-2)
+        if h is None:
+            h = drive.new_zeros(drive.shape[0], drive.shape[2], drive.shape[3])
+        for t in range(decay.shape[1]):
+            h = decay[:, t] * h + drive[:, t]
             ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, start + t]))
+    assert h is not None, "empty sequence"
     y = torch.stack(ys, dim=2) + D[:, None] * u
     y = y * F.silu(z)
     return y.to(dtype_in), h
 
 
+def selective_scan_reference(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Mamba's scan on ``diagonal_scan``. Same arguments and results as ``selective_scan``."""
+    delta = F.softplus(widen(delta) + delta_bias[:, None])
+    B = widen(B)
+    return diagonal_scan(
+        u, z, C, D, lambda t: mamba_transition(delta[:, :, t].transpose(1, 2), A, B[:, :, t].transpose(1, 2))
+    )
+
+
+def diagonal_step(state: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, move: Transition) -> tuple[Tensor, Tensor]:
+    """One token of the recurrence, for any leading batch dims (...), broadcasting the state against them.
+
+    state: (..., d_inner, N) float32; u, z: (..., d_inner); C: (..., N); D: (d_inner,); move: the token's
+    Transition. Returns y: (..., d_inner) in u's dtype and the new state (..., d_inner, N) in float32.
+    """
+    u_f = widen(u)
+    new_state = state * torch.exp(move.log_decay) + (move.rate * u_f).unsqueeze(-1) * move.key.unsqueeze(-2)
+    y = torch.einsum("...dn,...n->...d", new_state, widen(C)) + D * u_f
+    y = y * F.silu(widen(z))
+    return y.to(u.dtype), new_state
+
+
+def diagonal_read(state: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, move: Transition) -> tuple[Tensor, Tensor]:
+    """Queries as one more token each after the same state, without building each query's new state.
+
+    state: (B, d_inner, N) float32; u, z: (B, Q, d_inner); C: (B, Q, N); move: the queries' Transition.
+    y_q = sum_n G_q[d, n] h[d, n] + rate_q u_q (key_q . C_q) + D u_q, with G_q = C_q exp(log_decay_q),
+    which are also the queries' hidden-attention weights. Returns y (B, Q, d_inner) in u's dtype and
+    G (B, Q, d_inner, N) float32.
+    """
+    u_f, C_f = widen(u), widen(C)
+    G = C_f.unsqueeze(-2) * torch.exp(move.log_decay)
+    own = move.rate * u_f * (move.key * C_f).sum(-1, keepdim=True)
+    y = torch.einsum("bqdn,bdn->bqd", G, state) + own + D * u_f
+    y = y * F.silu(widen(z))
+    return y.to(u.dtype), G
+
+
 def selective_step(
     state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """One token of the scan, for any leading batch dims (...), broadcasting the state against them.
-
-    state: (..., d_inner, N) float32; u, delta (already softplus-ed), z: (..., d_inner);
-    A: (d_inner, N); B, C: (..., N); D: (d_inner,).
-    Returns y: (..., d_inner) in u's dtype and the new state (..., d_inner, N) in float32.
-    """
-    delta_f, u_f = _wide(delta), _wide(u)
-    decay = torch.exp(delta_f.unsqueeze(-1) * A)
-    new_state = state * decay + (delta_f * u_f).unsqueeze(-1) * _wide(B).unsqueeze(-2)
-    y = torch.einsum("...dn,...n->...d", new_state, _wide(C)) + D * u_f
-    y = y * F.silu(_wide(z))
-    return y.to(u.dtype), new_state
+    """One token of Mamba's scan (delta already softplus-ed); ``diagonal_step`` with Mamba's transition."""
+    return diagonal_step(state, u, z, C, D, mamba_transition(delta, A, B))

@@ -1,4 +1,5 @@
-"""The Mamba learner: parallel == recurrent, O(1) state, hidden attention, mamba_ssm's parameter layout."""
+"""The selective-SSM learners (Mamba, Longhorn): parallel == recurrent, O(1) state, hidden attention,
+mamba_ssm's parameter layout, and Longhorn's online-recall step."""
 
 from __future__ import annotations
 
@@ -9,19 +10,27 @@ import torch
 import torch.nn.functional as F
 
 from mclstudio.learners.hidden_attention import hidden_attention_matrix
+from mclstudio.learners.longhorn import LonghornConfig, LonghornLearner, LonghornMixer, longhorn_transition
 from mclstudio.learners.mamba import MambaConfig, MambaLearner, MambaMixer
-from mclstudio.learners.scan import selective_scan_reference, selective_step
+from mclstudio.learners.ssm import SSMLearner
+from mclstudio.learners.scan import mamba_transition, selective_scan_reference, selective_step
 from learner_helpers import inputs, stream_recurrently
 
 
-def tiny(**overrides) -> MambaLearner:
+SSM_LEARNERS = {"mamba": (MambaLearner, MambaConfig), "longhorn": (LonghornLearner, LonghornConfig)}
+each_ssm = pytest.mark.parametrize("name", list(SSM_LEARNERS))
+
+
+def tiny(name: str = "mamba", **overrides) -> SSMLearner:
     torch.manual_seed(0)
-    cfg = MambaConfig(d_model=32, n_layers=2, x_shape=(1, 8, 8), y_vocab=10, encoder_channels=8, **overrides)
-    return MambaLearner(cfg).eval().double()
+    learner_class, config_class = SSM_LEARNERS[name]
+    cfg = config_class(d_model=32, n_layers=2, x_shape=(1, 8, 8), y_vocab=10, encoder_channels=8, **overrides)
+    return learner_class(cfg).eval().double()
 
 
-def test_parallel_and_recurrent_paths_agree():
-    model = tiny()
+@each_ssm
+def test_parallel_and_recurrent_paths_agree(name):
+    model = tiny(name)
     sx, sy, qx = inputs()
     parallel = model(sx, sy, qx).logits
     state = stream_recurrently(model, sx, sy)
@@ -32,8 +41,9 @@ def test_parallel_and_recurrent_paths_agree():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-def test_query_leaves_state_unchanged_and_queries_are_independent():
-    model = tiny()
+@each_ssm
+def test_query_leaves_state_unchanged_and_queries_are_independent(name):
+    model = tiny(name)
     sx, sy, qx = inputs()
     state = stream_recurrently(model, sx, sy)
     before = [t.clone() for t in state.tensors()]
@@ -44,8 +54,9 @@ def test_query_leaves_state_unchanged_and_queries_are_independent():
     torch.testing.assert_close(alone[:, 0], all_logits[:, 2], rtol=1e-9, atol=1e-9)
 
 
-def test_state_size_is_constant_in_stream_length():
-    model = tiny()
+@each_ssm
+def test_state_size_is_constant_in_stream_length(name):
+    model = tiny(name)
     sx, sy, _ = inputs(N=3)
     short = stream_recurrently(model, sx, sy)
     sx, sy, _ = inputs(N=12)
@@ -70,8 +81,9 @@ def test_scan_reference_matches_step_by_step_recurrence():
     torch.testing.assert_close(state, last, rtol=1e-5, atol=1e-5)
 
 
-def test_rows_match_brute_force_hidden_attention():
-    model = tiny()
+@each_ssm
+def test_rows_match_brute_force_hidden_attention(name):
+    model = tiny(name)
     sx, sy, qx = inputs(Q=3)
     out = model(sx, sy, qx, with_rows=True)
     assert out.rows is not None and len(out.rows) == 2
@@ -87,8 +99,7 @@ def test_rows_match_brute_force_hidden_attention():
     x, _ = mixer.in_proj(layer.norm(h)).transpose(1, 2).chunk(2, dim=1)
     x = F.silu(mixer.conv1d(x)[..., : h.shape[1]])
     dt, B, C = mixer._ssm_inputs(x.transpose(1, 2))
-    delta = F.softplus(dt + mixer.dt_proj.bias).transpose(1, 2)
-    alpha = hidden_attention_matrix(delta, mixer.A, B.transpose(1, 2), C.transpose(1, 2))
+    alpha = hidden_attention_matrix(mixer.transition(dt, B), C)
     row = alpha[:, -1, :L].abs()
     torch.testing.assert_close(out.rows[0][:, 1], row / row.sum(-1, keepdim=True), rtol=1e-7, atol=1e-9)
 
@@ -106,12 +117,14 @@ def test_hidden_attention_matrix_reproduces_the_scan():
     delta = F.softplus(dt)
     # with one channel the channel mean is exact
     for ch in range(d):
-        alpha = hidden_attention_matrix(delta[:, ch : ch + 1], A[ch : ch + 1], B, C)
+        move = mamba_transition(delta[:, ch : ch + 1].transpose(1, 2), A[ch : ch + 1], B.transpose(1, 2))
+        alpha = hidden_attention_matrix(move, C.transpose(1, 2))
         torch.testing.assert_close(torch.einsum("bij,bj->bi", alpha, x[:, ch]), y[:, ch], rtol=1e-8, atol=1e-8)
 
 
-def test_rows_are_differentiable():
-    model = tiny()
+@each_ssm
+def test_rows_are_differentiable(name):
+    model = tiny(name)
     sx, sy, qx = inputs()
     out = model(sx, sy, qx, with_rows=True)
     loss = sum(-(r[..., 0] + 1e-9).log().mean() for r in out.rows)
@@ -144,11 +157,11 @@ def test_parameter_names_shapes_and_init_follow_mamba_ssm():
     assert {"layers.0.norm.weight", "layers.1.mixer.A_log", "norm_f.weight"} <= keys
 
 
-@pytest.mark.parametrize("y_vocab,y_dim", [(0, 6)])
-def test_regression_learner(y_vocab, y_dim):
+@each_ssm
+def test_regression_learner(name):
     torch.manual_seed(0)
-    cfg = MambaConfig(d_model=16, n_layers=1, x_shape=(6,), y_vocab=y_vocab, y_dim=y_dim)
-    model = MambaLearner(cfg).eval()
+    learner_class, config_class = SSM_LEARNERS[name]
+    model = learner_class(config_class(d_model=16, n_layers=1, x_shape=(6,), y_vocab=0, y_dim=6)).eval()
     sx, sy, qx = torch.randn(2, 5, 6), torch.randn(2, 5, 6), torch.randn(2, 3, 6)
     out = model(sx, sy, qx)
     assert out.logits.shape == (2, 3, 6)
@@ -156,3 +169,36 @@ def test_regression_learner(y_vocab, y_dim):
     for t in range(5):
         state = model.step_y(model.step_x(state, sx[:, t]), sy[:, t])
     torch.testing.assert_close(model.query(state, qx), out.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_longhorn_step_solves_the_online_recall_objective():
+    # With one state index the diagonal of k k^T is exact: the step must be the argmin over s of
+    # ||s - s_prev||^2 + beta * (s k - u)^2 for every channel, i.e. its gradient vanishes there.
+    torch.manual_seed(2)
+    d = 5
+    beta, k = torch.rand(d, dtype=torch.float64), torch.randn(1, dtype=torch.float64) * 2
+    s_prev, u = torch.randn(d, 1, dtype=torch.float64), torch.randn(d, dtype=torch.float64)
+    move = longhorn_transition(beta, k)
+    s_new = torch.exp(move.log_decay) * s_prev + (move.rate * u).unsqueeze(-1) * move.key
+    grad = 2 * (s_new - s_prev) + 2 * beta.unsqueeze(-1) * (s_new * k - u.unsqueeze(-1)) * k
+    torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=1e-12)
+
+
+def test_longhorn_decay_is_stable_and_key_dependent():
+    torch.manual_seed(3)
+    beta = torch.rand(4, 8)
+    k = torch.randn(4, 16) * 10  # large keys: the decay must stay in (0, 1]
+    move = longhorn_transition(beta, k)
+    decay = torch.exp(move.log_decay)
+    assert torch.isfinite(move.log_decay).all()
+    assert (decay > 0).all() and (decay <= 1).all()
+    # an index the key does not write to is not forgotten
+    k[:, 0] = 0
+    assert torch.equal(torch.exp(longhorn_transition(beta, k).log_decay)[..., 0], torch.ones(4, 8))
+
+
+def test_longhorn_has_mambas_block_without_A():
+    cfg = LonghornConfig(d_model=64, n_layers=1)
+    shapes = {k: tuple(v.shape) for k, v in LonghornMixer(cfg).state_dict().items()}
+    mamba_shapes = {k: tuple(v.shape) for k, v in MambaMixer(MambaConfig(d_model=64)).state_dict().items()}
+    assert shapes == {k: v for k, v in mamba_shapes.items() if k != "A_log"}

@@ -1,0 +1,248 @@
+"""The selective state-space block that Mamba and Longhorn share, and the stack of them.
+
+Both models use Mamba-1's outer block (in_proj -> causal depthwise conv -> SiLU -> SSM, gated by
+SiLU(z) -> out_proj) and a diagonal recurrence per channel d and state index n:
+
+    h_t[d, n] = decay_t[d, n] * h_{t-1}[d, n] + rate_t[d] * u_t[d] * key_t[n]
+    y_t[d]    = sum_n C_t[n] * h_t[d, n] + D[d] * u_t[d]
+
+They differ only in the *transition*: how (decay, rate, key) come from the token. ``SelectiveMixer``
+holds everything else once; a subclass supplies ``transition``. The recurrence itself lives in
+``scan.py`` and the hidden attention in ``hidden_attention.py``.
+
+The memory of a layer is its last d_conv conv inputs and the (d_inner, d_state) matrix h: O(1) in the
+stream's length.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from mclstudio.learners.base import Learner, LearnerConfig, State
+from mclstudio.learners.hidden_attention import query_rows, stream_keys
+from mclstudio.learners.scan import ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step
+
+
+@dataclass
+class SSMConfig(LearnerConfig):
+    """The outer block's hyper-parameters, with mamba_ssm's defaults. dt_rank 0 means ceil(d_model / 16)."""
+
+    model: ClassVar[str] = ""
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int = 0
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+
+
+@dataclass
+class SSMState(State):
+    """conv[l]: (B, d_inner, d_conv) last inputs of layer l's convolution; ssm[l]: (B, d_inner, d_state).
+    history[l]: the stream's (dt, B) of layer l, (B, L, d_inner) and (B, L, N), kept only for rows."""
+
+    conv: list[Tensor]
+    ssm: list[Tensor]
+    length: int
+    history: list[tuple[Tensor, Tensor]] | None = None
+
+    def tensors(self) -> list[Tensor]:
+        return [*self.conv, *self.ssm]
+
+    def layer_norms(self) -> Tensor:
+        # The SSM state is the memory; the conv buffer only holds the last few inputs.
+        return torch.stack([s.flatten(1).norm(dim=1) for s in self.ssm], dim=1)
+
+
+class SelectiveMixer(nn.Module):
+    """Mamba-1's block around a diagonal selective recurrence. (B, L, d_model) -> (B, L, d_model).
+
+    Parameter names and shapes follow mamba_ssm.modules.mamba_simple.Mamba (in_proj, conv1d, x_proj,
+    dt_proj, D, out_proj); x_proj makes (dt, B, C) per token and dt_proj lifts dt to d_inner channels.
+    """
+
+    def __init__(self, config: SSMConfig) -> None:
+        super().__init__()
+        self.d_model = config.d_model
+        self.d_state = config.d_state
+        self.d_conv = config.d_conv
+        self.d_inner = config.expand * config.d_model
+        self.dt_rank = config.dt_rank or math.ceil(config.d_model / 16)
+        self.in_proj = nn.Linear(self.d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, config.d_conv, groups=self.d_inner, padding=config.d_conv - 1
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * self.d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=False)
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+
+        # mamba_ssm's initialisation: dt_proj keeps the variance, and its bias puts softplus(bias)
+        # log-uniformly in [dt_min, dt_max].
+        dt_std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
+        log_lo, log_hi = math.log(config.dt_min), math.log(config.dt_max)
+        dt = torch.exp(torch.rand(self.d_inner) * (log_hi - log_lo) + log_lo).clamp(min=config.dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    # ---- what a model supplies ----------------------------------------------------------------
+    @abstractmethod
+    def transition(self, dt: Tensor, B: Tensor) -> Transition:
+        """dt: (..., d_inner) before dt_proj's bias; B: (..., N) -> the token's Transition."""
+
+    def scan_sequence(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend) -> tuple[Tensor, Tensor]:
+        """The recurrence over a whole sequence. x, dt, z: (B, d_inner, L); B, C: (B, N, L).
+        Returns gated y (B, d_inner, L) in x's dtype and the last state (B, d_inner, N) float32.
+        Mamba overrides this to use mamba_ssm's fused kernel on CUDA."""
+        return diagonal_scan(
+            x, z, C, self.D,
+            lambda t: self.transition(dt[:, :, t].transpose(1, 2), B[:, :, t].transpose(1, 2)),
+        )
+
+    # ---- shared ----------------------------------------------------------------------------------
+    def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (..., d_inner) post-conv -> dt before bias (..., d_inner), B (..., N), C (..., N)."""
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.linear(dt, self.dt_proj.weight), B, C
+
+    def forward(
+        self, h: Tensor, backend: ScanBackend = "auto", keep_history: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """Whole sequence. h: (B, L, d_model) -> out (B, L, d_model), conv state (B, d_inner, d_conv),
+        SSM state (B, d_inner, d_state) and, if keep_history, the stream's (dt, B) for rows."""
+        L = h.shape[1]
+        x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        conv_state = F.pad(x, (self.d_conv - L, 0)) if L < self.d_conv else x[..., -self.d_conv :]
+        x = F.silu(self.conv1d(x)[..., :L])
+        dt, B, C = self._ssm_inputs(x.transpose(1, 2))
+        history = (dt, B) if keep_history else None
+        dt, B, C = dt.transpose(1, 2), B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        y, ssm_state = self.scan_sequence(x, dt, B, C, z, backend)
+        return self.out_proj(y.transpose(1, 2)), conv_state.contiguous(), ssm_state, history
+
+    def _conv_token(self, conv_state: Tensor, x: Tensor) -> Tensor:
+        """The causal conv's output for one new input x (..., d_inner) after the inputs in conv_state
+        (..., d_inner, d_conv) (broadcast against x's leading dims), without building the new buffer."""
+        weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
+        past = (conv_state[..., 1:] * weight[:, :-1]).sum(-1)
+        return F.silu(past + x * weight[:, -1] + self.conv1d.bias)
+
+    def step(self, h: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One token. h: (B, d_model); conv_state (B, d_inner, d_conv); ssm_state (B, d_inner, N).
+        Returns out (B, d_model) and the new conv and SSM states (the given ones are not modified)."""
+        x, z = self.in_proj(h).chunk(2, dim=-1)
+        new_conv = torch.cat([conv_state[..., 1:], x.unsqueeze(-1)], dim=-1)
+        x = self._conv_token(conv_state, x)
+        dt, B, C = self._ssm_inputs(x)
+        y, ssm_state = diagonal_step(ssm_state, x, z, C, self.D, self.transition(dt, B))
+        return self.out_proj(y), new_conv, ssm_state
+
+    def read(
+        self, h: Tensor, conv_state: Tensor, ssm_state: Tensor, history: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Queries, each one more token after the stream. h: (B, Q, d_model); conv_state
+        (B, d_inner, d_conv); ssm_state (B, d_inner, N). Returns out (B, Q, d_model) and, given the
+        stream's history, the association rows (B, Q, L). No per-query state is built."""
+        x, z = self.in_proj(h).chunk(2, dim=-1)
+        x = self._conv_token(conv_state.unsqueeze(1), x)
+        dt, B, C = self._ssm_inputs(x)
+        move = self.transition(dt, B)
+        y, G = diagonal_read(ssm_state, x, z, C, self.D, move)
+        rows = None
+        if history is not None:
+            rows = self.stream_rows(history, G)
+        return self.out_proj(y), rows
+
+    def stream_rows(self, history: tuple[Tensor, Tensor], G: Tensor) -> Tensor:
+        """Association rows (B, Q, L) of queries with weights G (B, Q, d_inner, N) over the stream whose
+        (dt, B) are history. Under autograd the (B, L, d_inner, N) keys are recomputed in the backward
+        pass rather than stored: they are the largest tensor of a training step."""
+
+        def rows(dt: Tensor, B: Tensor, G: Tensor) -> Tensor:
+            return query_rows(G, stream_keys(self.transition(dt, B)))
+
+        if torch.is_grad_enabled():
+            return checkpoint(rows, *history, G, use_reentrant=False)
+        return rows(*history, G)
+
+
+class SSMLayer(nn.Module):
+    """Pre-norm residual block around a mixer, as mamba_ssm's Block: h + mixer(norm(h))."""
+
+    def __init__(self, mixer: SelectiveMixer, d_model: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(d_model, eps=1e-5)
+        self.mixer = mixer
+
+
+class SSMLearner(Learner):
+    """A stack of selective SSM layers over interleaved x/y tokens, laid out like mamba_ssm's MixerModel
+    (``layers.{i}.norm``, ``layers.{i}.mixer``, ``norm_f``); no positional encoding (the scan is ordered)."""
+
+    config_class: ClassVar[type[SSMConfig]] = SSMConfig
+    mixer_class: ClassVar[type[SelectiveMixer]]
+
+    def __init__(self, config: SSMConfig) -> None:
+        super().__init__(config)
+        self.layers = nn.ModuleList(
+            SSMLayer(self.mixer_class(config), config.d_model) for _ in range(config.n_layers)
+        )
+        self.scan_backend: ScanBackend = "auto"
+        # mamba_ssm's MixerModel rescales each residual branch's output projection by 1/sqrt(n_layers).
+        for layer in self.layers:
+            nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
+            with torch.no_grad():
+                layer.mixer.out_proj.weight /= math.sqrt(config.n_layers)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> SSMState:
+        mixers = [layer.mixer for layer in self.layers]
+        return SSMState(
+            conv=[torch.zeros(batch_size, m.d_inner, m.d_conv, device=device, dtype=dtype) for m in mixers],
+            ssm=[
+                torch.zeros(batch_size, m.d_inner, m.d_state, device=device, dtype=torch.promote_types(dtype, torch.float32))
+                for m in mixers
+            ],
+            length=0,
+        )
+
+    def scan(self, h: Tensor, keep_history: bool = False) -> SSMState:
+        conv, ssm, history = [], [], []
+        for layer in self.layers:
+            out, conv_state, ssm_state, layer_history = layer.mixer(layer.norm(h), self.scan_backend, keep_history)
+            h = h + out
+            conv.append(conv_state)
+            ssm.append(ssm_state)
+            history.append(layer_history)
+        return SSMState(conv, ssm, h.shape[1], history if keep_history else None)
+
+    def step(self, state: SSMState, h: Tensor) -> SSMState:
+        conv, ssm = [], []
+        for i, layer in enumerate(self.layers):
+            out, conv_state, ssm_state = layer.mixer.step(layer.norm(h), state.conv[i], state.ssm[i])
+            h = h + out
+            conv.append(conv_state)
+            ssm.append(ssm_state)
+        return SSMState(conv, ssm, state.length + 1)
+
+    def read(self, state: SSMState, hq: Tensor, with_rows: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+        if with_rows and state.history is None:
+            raise ValueError("rows need a state from scan(..., keep_history=True)")
+        rows: list[Tensor] = []
+        h = hq  # (B, Q, D): each query is one more step from the same state
+        for i, layer in enumerate(self.layers):
+            history = state.history[i] if with_rows and state.history is not None else None
+            out, layer_rows = layer.mixer.read(layer.norm(h), state.conv[i], state.ssm[i], history)
+            if layer_rows is not None:
+                rows.append(layer_rows)
+            h = h + out
+        return h, rows if with_rows else None
