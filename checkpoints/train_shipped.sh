@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Meta-train the four shipped learners with the same budget: Omniglot-mini meta-train alphabets,
+# Meta-train the shipped learners with the same budget: Omniglot-mini meta-train alphabets,
 # 20-task 5-shot episodes (5 query shots), the same steps, batch, learning rate and selectivity weight.
 # Runs the four trainings side by side on one GPU (or the CPU: set DEVICE=cpu and fewer STEPS).
 #   STEPS=6000 BATCH=32 OUTDIR=checkpoints bash checkpoints/train_shipped.sh
+# MODELS picks some of them (default: all five); the shipped ones all stopped at 4,998 steps.
 # RESUME=1 continues each from its checkpoint in OUTDIR (up to the new STEPS).
 set -euo pipefail
 STEPS=${STEPS:-6000}
@@ -23,9 +24,9 @@ common=(--dataset omniglot-mini --tasks 20 --shots 5 --test-shots 5 --steps "$ST
         --lr "$LR" --lr-halve-every 3000 --warmup 200 --slct-lambda "$LAMBDA" --pretrain-steps "$PRETRAIN" --frozen-encoder-steps "$FROZEN" --d-model 128 --layers 4 --y-vocab 100
         --encoder-channels 32 --device "$DEVICE" --checkpoint-every 250 --log-every 50 --seed 0)
 pids=()
-for model in mamba transformer linear_transformer performer; do
+for model in ${MODELS:-mamba transformer linear_transformer performer longhorn}; do
   heads=()
-  [ "$model" != mamba ] && heads=(--heads 4 --d-ff 256)
+  case "$model" in mamba|longhorn) ;; *) heads=(--heads 4 --d-ff 256) ;; esac
   "$PYTHON" -m mclstudio train --model "$model" "${common[@]}" "${heads[@]}" "${extra[@]}" \
     -o "$OUTDIR/$model.pt" >"$LOGDIR/train_$model.log" 2>&1 &
   pids+=($!)

@@ -13,7 +13,7 @@ from mclstudio.learners.hidden_attention import hidden_attention_matrix
 from mclstudio.learners.longhorn import LonghornConfig, LonghornLearner, LonghornMixer, longhorn_transition
 from mclstudio.learners.mamba import MambaConfig, MambaLearner, MambaMixer
 from mclstudio.learners.ssm import SSMLearner
-from mclstudio.learners.scan import mamba_transition, selective_scan_reference, selective_step
+from mclstudio.learners.scan import diagonal_scan, mamba_transition, selective_scan_reference, selective_step
 from learner_helpers import inputs, stream_recurrently
 
 
@@ -202,3 +202,20 @@ def test_longhorn_has_mambas_block_without_A():
     shapes = {k: tuple(v.shape) for k, v in LonghornMixer(cfg).state_dict().items()}
     mamba_shapes = {k: tuple(v.shape) for k, v in MambaMixer(MambaConfig(d_model=64)).state_dict().items()}
     assert shapes == {k: v for k, v in mamba_shapes.items() if k != "A_log"}
+
+
+def test_chunk_parallel_scan_matches_the_loop():
+    # The GPU's chunk-parallel form of the recurrence, run here on the CPU, against the token loop.
+    torch.manual_seed(4)
+    b, d, n, L = 2, 5, 4, 37  # several chunks and a ragged last one
+    u, dt, z = (torch.randn(b, d, L, dtype=torch.float64) for _ in range(3))
+    A = -torch.rand(d, n, dtype=torch.float64) * 3
+    B, C = torch.randn(b, n, L, dtype=torch.float64), torch.randn(b, n, L, dtype=torch.float64)
+    D = torch.randn(d, dtype=torch.float64)
+    beta = torch.sigmoid(dt).transpose(1, 2)
+    results = [
+        diagonal_scan(u, z, C, D, lambda t: longhorn_transition(beta[:, t], B[:, :, t].transpose(1, 2)), parallel)
+        for parallel in (False, True)
+    ]
+    for loop, par in zip(*results):
+        torch.testing.assert_close(par, loop, rtol=1e-10, atol=1e-10)

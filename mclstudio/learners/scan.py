@@ -73,6 +73,7 @@ _cuda_scan_module, CUDA_SCAN_IMPORT_ERROR = _import_cuda_scan()
 
 ScanBackend = Literal["auto", "reference", "cuda"]
 SCAN_CHUNK = 64
+PARALLEL_CHUNK = 16
 
 
 def cuda_scan_available() -> bool:
@@ -164,35 +165,58 @@ def mamba_transition(delta: Tensor, A: Tensor, B: Tensor) -> Transition:
 
 
 def diagonal_scan(
-    u: Tensor, z: Tensor, C: Tensor, D: Tensor, transition: Callable[[slice], Transition]
+    u: Tensor, z: Tensor, C: Tensor, D: Tensor, transition: Callable[[slice], Transition], parallel: bool | None = None
 ) -> tuple[Tensor, Tensor]:
-    """The diagonal recurrence over a whole sequence, as a loop over time in float32 (any device).
+    """The diagonal recurrence over a whole sequence, in float32 (any device).
 
     h_t = exp(log_decay_t) * h_{t-1} + rate_t * u_t (x) key_t;  y_t = C_t . h_t + D * u_t, gated by silu(z_t).
     u, z: (batch, d_inner, L); C: (batch, N, L); D: (d_inner,). transition(t_slice) gives the Transition
     of those tokens with time second: (batch, T, d_inner, N), (batch, T, d_inner), (batch, T, N).
     Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) float32.
+
+    Time is cut into chunks whose state-independent terms are formed at once (memory stays bounded on
+    long streams). Within a chunk the CPU loops over tokens (fewest operations), while a GPU solves the
+    chunk in parallel (``_chunk_parallel``: T times the arithmetic, but a few large kernels instead of
+    thousands of tiny ones). parallel: force one form (None: by device).
     """
     dtype_in = u.dtype
     u, z, C = widen(u), widen(z), widen(C)
+    parallel = u.is_cuda if parallel is None else parallel
+    chunk = PARALLEL_CHUNK if parallel else SCAN_CHUNK
     h: Tensor | None = None
     ys = []
-    # What does not depend on the state is computed for a chunk of steps at once: (batch, T, d_inner, N).
-    # Chunks bound that memory on long streams (a whole 1,000-token stream would need gigabytes).
-    for start in range(0, u.shape[2], SCAN_CHUNK):
-        t_slice = slice(start, start + SCAN_CHUNK)
+    for start in range(0, u.shape[2], chunk):
+        t_slice = slice(start, start + chunk)
         move = transition(t_slice)
-        decay = torch.exp(move.log_decay)
         drive = (move.rate * u[:, :, t_slice].transpose(1, 2)).unsqueeze(-1) * move.key.unsqueeze(-2)
         if h is None:
             h = drive.new_zeros(drive.shape[0], drive.shape[2], drive.shape[3])
-        for t in range(decay.shape[1]):
-            h = decay[:, t] * h + drive[:, t]
-            ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, start + t]))
+        C_chunk = C[:, :, t_slice].transpose(1, 2)  # (batch, T, N)
+        if parallel:
+            y_chunk, h = _chunk_parallel(move.log_decay, drive, C_chunk, h)
+            ys.append(y_chunk)
+        else:
+            decay = torch.exp(move.log_decay)
+            for t in range(decay.shape[1]):
+                h = decay[:, t] * h + drive[:, t]
+                ys.append(torch.einsum("bdn,bn->bd", h, C_chunk[:, t]).unsqueeze(2))
     assert h is not None, "empty sequence"
-    y = torch.stack(ys, dim=2) + D[:, None] * u
+    y = torch.cat(ys, dim=2) + D[:, None] * u
     y = y * F.silu(z)
     return y.to(dtype_in), h
+
+
+def _chunk_parallel(log_decay: Tensor, drive: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """One chunk of the recurrence at once: h_t = exp(S_t) h0 + sum_{j<=t} exp(S_t - S_j) drive_j, with S
+    the running sum of log_decay in the chunk. log_decay, drive: (batch, T, d, N); C: (batch, T, N);
+    h0: (batch, d, N). Returns y (batch, d, T) before D and the gate, and the chunk's last state."""
+    S = torch.cumsum(log_decay, dim=1)
+    T = S.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=S.device).tril()
+    # exp(S_t - S_j) <= 1 for j <= t; the rest is masked before exp so it cannot overflow.
+    diff = (S.unsqueeze(2) - S.unsqueeze(1)).masked_fill(~causal[None, :, :, None, None], float("-inf"))
+    hs = torch.einsum("btjdn,bjdn->btdn", torch.exp(diff), drive) + torch.exp(S) * h0.unsqueeze(1)
+    return torch.einsum("btdn,btn->bdt", hs, C), hs[:, -1]
 
 
 def selective_scan_reference(
