@@ -8,7 +8,7 @@ src=$1
 wheels=${2:-/tmp/wheels}
 mkdir -p "$wheels" /tmp/site
 if ! ls "$wheels"/mamba_ssm-*.whl >/dev/null 2>&1; then
-  (cd "$src" && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=16 python3 -m pip wheel -q --no-build-isolation --no-deps . -w "$wheels")
+  (cd "$src" && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS:-16} python3 -m pip wheel -q --no-build-isolation --no-deps . -w "$wheels")
 fi
 python3 -m pip install -q --no-index --no-deps --target /tmp/site "$wheels"/mamba_ssm-*.whl
 echo "installed $(ls "$wheels"/mamba_ssm-*.whl) into /tmp/site"

@@ -5,7 +5,9 @@
    gradient; selective_scan rebuilds that state differentiably), in float32.
 2. State-dict interchange: our MambaMixer's state_dict loads strictly into mamba_ssm.Mamba and both give
    the same outputs.
-3. A whole MambaLearner: logits with the CUDA scan on the GPU vs the reference scan on the CPU.
+3. Whole learners: Mamba's logits and rows with the CUDA scan on the GPU (with autograd, and without it,
+   where the kernel runs as the torch op that torch.compile and CUDA graphs take) vs the reference scan on
+   the CPU; Longhorn's with the GPU's chunk-parallel scan vs the CPU's token loop.
 
 Prints a JSON report (and writes it to --out); exits 1 if any check fails its tolerance.
 """
@@ -18,6 +20,7 @@ import sys
 
 import torch
 
+from mclstudio.learners.longhorn import LonghornConfig, LonghornLearner
 from mclstudio.learners.mamba import MambaConfig, MambaLearner, MambaMixer
 from mclstudio.learners.scan import CUDA_SCAN_IMPORT_ERROR, cuda_scan_available, selective_scan
 
@@ -66,16 +69,22 @@ def check_state_dict_interchange(seed: int) -> dict:
 
 
 def check_learner(seed: int) -> dict:
-    torch.manual_seed(seed)
-    cfg = MambaConfig(d_model=64, n_layers=2, x_shape=(1, 32, 32), y_vocab=20, encoder_channels=32)
-    model = MambaLearner(cfg).eval()
-    sx, sy, qx = torch.randn(2, 40, 1, 32, 32), torch.randint(0, 20, (2, 40)), torch.randn(2, 10, 1, 32, 32)
-    with torch.no_grad():
-        cpu = model(sx, sy, qx, with_rows=True)
-        model.cuda()
-        gpu = model(sx.cuda(), sy.cuda(), qx.cuda(), with_rows=True)
-    return {"logits_cuda_scan_vs_cpu": rel(gpu.logits.cpu(), cpu.logits),
-            "rows_cuda_vs_cpu": max(rel(a.cpu(), b) for a, b in zip(gpu.rows, cpu.rows))}
+    results = {}
+    for name, learner_class, config_class in (("mamba", MambaLearner, MambaConfig), ("longhorn", LonghornLearner, LonghornConfig)):
+        torch.manual_seed(seed)
+        cfg = config_class(d_model=64, n_layers=2, x_shape=(1, 32, 32), y_vocab=20, encoder_channels=32)
+        model = learner_class(cfg).eval()
+        sx, sy, qx = torch.randn(2, 40, 1, 32, 32), torch.randint(0, 20, (2, 40)), torch.randn(2, 10, 1, 32, 32)
+        with torch.no_grad():
+            cpu = model(sx, sy, qx, with_rows=True)
+            model.cuda()
+            gpu = model(sx.cuda(), sy.cuda(), qx.cuda(), with_rows=True)
+        results[f"{name}_logits_gpu_vs_cpu"] = rel(gpu.logits.cpu(), cpu.logits)
+        results[f"{name}_rows_gpu_vs_cpu"] = max(rel(a.cpu(), b) for a, b in zip(gpu.rows, cpu.rows))
+        # with autograd on, Mamba's scan goes through mamba_ssm's autograd function instead of the op
+        graded = model(sx.cuda(), sy.cuda(), qx.cuda())
+        results[f"{name}_logits_gpu_autograd_vs_cpu"] = rel(graded.logits.detach().cpu(), cpu.logits)
+    return results
 
 
 def main() -> None:

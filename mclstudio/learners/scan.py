@@ -88,7 +88,10 @@ def _cuda_scan_inference(
     """mamba_ssm's fused forward kernel alone, as a torch op: torch.compile and CUDA graphs can then
     take a whole learner's inference in one graph (its autograd.Function would break the graph)."""
     assert _cuda_scan_module is not None
-    out, intermediates, out_z = _cuda_scan_module.selective_scan_cuda.fwd(u, delta, A, B, C, D, z, delta_bias, True)
+    # B and C vary per token: the kernel takes them as (batch, groups=1, N, L).
+    out, intermediates, out_z = _cuda_scan_module.selective_scan_cuda.fwd(
+        u, delta, A, B.unsqueeze(1), C.unsqueeze(1), D, z, delta_bias, True
+    )
     return out_z, intermediates[:, :, -1, 1::2].contiguous()
 
 
