@@ -219,3 +219,13 @@ def test_chunk_parallel_scan_matches_the_loop():
     ]
     for loop, par in zip(*results):
         torch.testing.assert_close(par, loop, rtol=1e-10, atol=1e-10)
+
+
+def test_shifted_causal_conv_is_the_depthwise_conv():
+    from mclstudio.learners.ssm import shifted_causal_conv
+
+    torch.manual_seed(6)
+    mixer = MambaMixer(MambaConfig(d_model=8)).double()
+    x = torch.randn(2, mixer.d_inner, 9, dtype=torch.float64)
+    expected = mixer.conv1d(x)[..., :9]
+    torch.testing.assert_close(shifted_causal_conv(x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias), expected)

@@ -13,7 +13,7 @@ query. So
     alpha[q, j][d] = sum_n  (C_q[n] exp(log_decay_q[d, n]))  *  (key_j[n] rate_j[d] exp(R_j[d, n]))
                    =        G[q, d, n]                       .  H[j, d, n]
 
-G is what ``scan.diagonal_read`` already forms to answer the query, and the channel average is one
+G is ``scan.query_weights``, what the query reads of the state, and the channel average is one
 contraction over (d, n). Our association row is |mean_d alpha[q, j][d]| normalised to sum 1 over the
 stream (the choice is documented in docs/learners.md: the channel mean keeps the computation linear,
 the absolute value makes a distribution of it).
@@ -41,7 +41,7 @@ def stream_keys(move: Transition) -> Tensor:
 def query_rows(G: Tensor, H: Tensor) -> Tensor:
     """Association rows of queries read right after the stream whose keys are H.
 
-    G: (batch, Q, d_inner, N) the queries' weights (from ``scan.diagonal_read``); H: (batch, L, d_inner, N)
+    G: (batch, Q, d_inner, N) the queries' weights (``scan.query_weights``); H: (batch, L, d_inner, N)
     from ``stream_keys``. Returns (batch, Q, L): non-negative, summing to 1 over the L stream tokens.
     """
     alpha = torch.einsum("bqdn,bldn->bql", G, H) / G.shape[-2]

@@ -246,20 +246,25 @@ def diagonal_step(state: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, mov
     return y.to(u.dtype), new_state
 
 
-def diagonal_read(state: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, move: Transition) -> tuple[Tensor, Tensor]:
+def diagonal_read(state: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, move: Transition) -> Tensor:
     """Queries as one more token each after the same state, without building each query's new state.
 
     state: (B, d_inner, N) float32; u, z: (B, Q, d_inner); C: (B, Q, N); move: the queries' Transition.
-    y_q = sum_n G_q[d, n] h[d, n] + rate_q u_q (key_q . C_q) + D u_q, with G_q = C_q exp(log_decay_q),
-    which are also the queries' hidden-attention weights. Returns y (B, Q, d_inner) in u's dtype and
-    G (B, Q, d_inner, N) float32.
+    y_q = sum_n G_q[d, n] h[d, n] + rate_q u_q (key_q . C_q) + D u_q, with G_q = C_q exp(log_decay_q)
+    (``query_weights``). Returns y (B, Q, d_inner) in u's dtype.
     """
     u_f, C_f = widen(u), widen(C)
-    G = C_f.unsqueeze(-2) * torch.exp(move.log_decay)
+    # One product summed over n: a compiler fuses it into one pass, never storing (B, Q, d_inner, N).
+    recalled = (query_weights(C_f, move.log_decay) * state.unsqueeze(1)).sum(-1)
     own = move.rate * u_f * (move.key * C_f).sum(-1, keepdim=True)
-    y = torch.einsum("bqdn,bdn->bqd", G, state) + own + D * u_f
-    y = y * F.silu(widen(z))
-    return y.to(u.dtype), G
+    y = (recalled + own + D * u_f) * F.silu(widen(z))
+    return y.to(u.dtype)
+
+
+def query_weights(C: Tensor, log_decay: Tensor) -> Tensor:
+    """G = C exp(log_decay): how much a query reads of each state entry, (..., d_inner, N); also the
+    query side of the hidden attention. C: (..., N); log_decay: (..., d_inner, N)."""
+    return widen(C).unsqueeze(-2) * torch.exp(log_decay)
 
 
 def selective_step(

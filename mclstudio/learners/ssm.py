@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mclstudio.learners.base import Learner, LearnerConfig, State
 from mclstudio.learners.hidden_attention import query_rows, stream_keys
-from mclstudio.learners.scan import ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step
+from mclstudio.learners.scan import ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step, query_weights
 
 
 @dataclass
@@ -61,6 +61,19 @@ class SSMState(State):
     def layer_norms(self) -> Tensor:
         # The SSM state is the memory; the conv buffer only holds the last few inputs.
         return torch.stack([s.flatten(1).norm(dim=1) for s in self.ssm], dim=1)
+
+
+def shifted_causal_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Depthwise causal convolution as a sum of shifted products: x (B, d, L), weight (d, K), bias (d,)
+    -> (B, d, L). A compiler fuses it into one pass; cuDNN's depthwise kernel took 5% of a compiled
+    Mamba's inference on an H100."""
+    L, K = x.shape[-1], weight.shape[-1]
+    padded = F.pad(x, (K - 1, 0))
+    weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    out = bias[:, None] + weight[:, :1] * padded[..., :L]
+    for k in range(1, K):
+        out = out + weight[:, k : k + 1] * padded[..., k : k + L]
+    return out
 
 
 class SelectiveMixer(nn.Module):
@@ -123,12 +136,19 @@ class SelectiveMixer(nn.Module):
         L = h.shape[1]
         x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
         conv_state = F.pad(x, (self.d_conv - L, 0)) if L < self.d_conv else x[..., -self.d_conv :]
-        x = F.silu(self.conv1d(x)[..., :L])
+        x = F.silu(self._causal_conv(x))
         dt, B, C = self._ssm_inputs(x.transpose(1, 2))
         history = (dt, B) if keep_history else None
         dt, B, C = dt.transpose(1, 2), B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
         y, ssm_state = self.scan_sequence(x, dt, B, C, z, backend)
         return self.out_proj(y.transpose(1, 2)), conv_state.contiguous(), ssm_state, history
+
+    def _causal_conv(self, x: Tensor) -> Tensor:
+        """The depthwise causal convolution of a sequence x: (B, d_inner, L) -> (B, d_inner, L).
+        On a GPU as shifted products (``shifted_causal_conv``); the CPU keeps conv1d."""
+        if x.is_cuda:
+            return shifted_causal_conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        return self.conv1d(x)[..., : x.shape[-1]]
 
     def _conv_token(self, conv_state: Tensor, x: Tensor) -> Tensor:
         """The causal conv's output for one new input x (..., d_inner) after the inputs in conv_state
@@ -157,10 +177,8 @@ class SelectiveMixer(nn.Module):
         x = self._conv_token(conv_state.unsqueeze(1), x)
         dt, B, C = self._ssm_inputs(x)
         move = self.transition(dt, B)
-        y, G = diagonal_read(ssm_state, x, z, C, self.D, move)
-        rows = None
-        if history is not None:
-            rows = self.stream_rows(history, G)
+        y = diagonal_read(ssm_state, x, z, C, self.D, move)
+        rows = None if history is None else self.stream_rows(history, query_weights(C, move.log_decay))
         return self.out_proj(y), rows
 
     def stream_rows(self, history: tuple[Tensor, Tensor], G: Tensor) -> Tensor:
