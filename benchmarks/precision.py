@@ -199,7 +199,7 @@ def benchmark(ckpt: Checkpoint, args: argparse.Namespace, device: torch.device) 
                                       for s in seeds[: args.stream_episodes]], runnable)
     rows: dict[str, dict[str, Any]] = {}
     for p in PRECISIONS:
-        row: dict[str, Any] = {"learner": ckpt.name, "model": learner.config.model, "checkpoint": str(ckpt.path),
+        row: dict[str, Any] = {"learner": ckpt.name, "model": learner.config.model, "checkpoint": _shown(ckpt.path),
                                "parameters": learner.num_parameters(), "precision": p}
         r = par.get(p, {"error": skipped.get(p, "")})
         if "error" in r:
@@ -226,6 +226,12 @@ def benchmark(ckpt: Checkpoint, args: argparse.Namespace, device: torch.device) 
 
 
 RATIOS = ("episodes_per_s", "peak_bytes", "peak_bytes_sequence_model", "stream_state_bytes", "stream_ms_per_step")
+
+
+def _shown(path: Path) -> str:
+    """A checkpoint path relative to the repository when it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import h5py
 import pytest
@@ -13,7 +12,6 @@ import torch
 
 import mclstudio.engine.stream as stream_module
 import mclstudio.precision as precision_module
-from mclstudio.cli.main import main
 from mclstudio.data import get_source
 from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.engine import EngineConfig, run_episode
@@ -22,18 +20,12 @@ from mclstudio.precision import autocast, check_precision
 from mclstudio.recording import read_recording
 from mclstudio.training.checkpoint import save_checkpoint
 from mclstudio.training.evaluate import Setting, evaluate_setting
+from test_cli import assert_one_line_error, run
+from test_recording import one_thread  # noqa: F401 - autouse: tiny models run fastest on one thread
 
 MODELS = ["mamba", "transformer", "linear_transformer", "performer"]
 TINY = {"d_model": 16, "n_layers": 2, "encoder_channels": 8, "y_vocab": 12}
 SPEC = EpisodeSpec(tasks=3, train_shots=2, test_shots=2, seed=7, num_codes=12)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(model: str, seed: int = 0):
@@ -43,28 +35,11 @@ def tiny(model: str, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> list[Path]:
+def checkpoints(tmp_path_factory) -> list[str]:
     d = tmp_path_factory.mktemp("precision")
-    paths = [d / "mamba.pt", d / "transformer.pt"]
-    for seed, path in enumerate(paths):
-        save_checkpoint(path, tiny(path.stem, seed), {"episode_spec": SPEC.to_dict()})  # eval's trained setting
-    return paths
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code: int, err: str, needle: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), err
-    assert needle in lines[0], lines[0]
+    for seed, model in enumerate(("mamba", "transformer")):
+        save_checkpoint(d / f"{model}.pt", tiny(model, seed), {"episode_spec": SPEC.to_dict()})  # eval's setting
+    return [str(d / "mamba.pt"), str(d / "transformer.pt")]
 
 
 # ---- what mixed precision computes --------------------------------------------------------------
@@ -116,16 +91,16 @@ def test_check_precision_one_line_reasons(monkeypatch):
 
 # ---- the commands -------------------------------------------------------------------------------
 def test_eval_at_bf16_and_bad_values(checkpoints, capsys, monkeypatch):
-    code, out, _ = run_cli(["eval", checkpoints[0], "--episodes", "2", "--batch-size", "2", "--noise", "0.5",
-                            "--device", "cpu", "--precision", "bf16", "--json"], capsys)
+    code, out, _ = run(capsys, "eval", checkpoints[0], "--episodes", "2", "--batch-size", "2", "--noise", "0.5",
+                       "--device", "cpu", "--precision", "bf16", "--json")
     assert code == 0 and json.loads(out)["precision"] == "bf16"
     for command in (["eval", checkpoints[0]], ["record", checkpoints[0]], ["open", checkpoints[0]]):
-        assert_one_line_error(*run_cli([*command, "--precision", "fp64"], capsys)[::2], "fp32, bf16, fp16")
+        assert_one_line_error(*run(capsys, *command, "--precision", "fp64")[::2], "fp32, bf16, fp16")
     # a precision the device cannot run: one line, before any work
     precision_module._unsupported.cache_clear()
     monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: False)
-    assert_one_line_error(*run_cli(["eval", checkpoints[0], "--device", "cpu", "--precision", "fp16"], capsys)[::2],
-                          "fp16 needs torch.autocast")
+    code, _, err = run(capsys, "eval", checkpoints[0], "--device", "cpu", "--precision", "fp16")
+    assert_one_line_error(code, err, "fp16 needs torch.autocast")
     precision_module._unsupported.cache_clear()
 
 
@@ -134,10 +109,10 @@ def test_open_takes_the_precision_and_shows_it(checkpoints, capsys, monkeypatch,
 
     seen = {}
     monkeypatch.setattr(tui_cli, "open_studio", lambda paths, **kw: seen.update(kw))
-    assert run_cli(["open", checkpoints[0], "--precision", "fp16"], capsys)[0] == 0
+    assert run(capsys, "open", checkpoints[0], "--precision", "fp16")[0] == 0
     assert seen["precision"] == "fp16"
 
-    app = tui_cli.build_open_app([str(checkpoints[0])], tasks=3, shots=2, device="cpu", record_dir=tmp_path,
+    app = tui_cli.build_open_app([checkpoints[0]], tasks=3, shots=2, device="cpu", record_dir=tmp_path,
                                  precision="bf16")
 
     async def go() -> None:
@@ -156,9 +131,9 @@ def test_open_takes_the_precision_and_shows_it(checkpoints, capsys, monkeypatch,
 
 
 def test_recordings_carry_the_precision_and_verify_at_it(checkpoints, capsys, monkeypatch, tmp_path):
-    out = tmp_path / "run.h5"
-    code, text, _ = run_cli(["record", *checkpoints, "--episodes", "1", "--tasks", "3", "--shots", "2",
-                             "--test-shots", "2", "--precision", "bf16", "-o", out], capsys)
+    out = str(tmp_path / "run.h5")
+    code, text, _ = run(capsys, "record", *checkpoints, "--episodes", "1", "--tasks", "3", "--shots", "2",
+                        "--test-shots", "2", "--precision", "bf16", "-o", out)
     assert code == 0 and "at bf16" in text
     with h5py.File(out, "r") as f:
         assert f.attrs["precision"] == "bf16" and f.attrs["schema_version"] == 1
@@ -167,7 +142,7 @@ def test_recordings_carry_the_precision_and_verify_at_it(checkpoints, capsys, mo
     used = []
     real = stream_module.autocast
     monkeypatch.setattr(stream_module, "autocast", lambda p, device: used.append(p) or real(p, device))
-    code, text, _ = run_cli(["replay", out, "--verify", "--json"], capsys)
+    code, text, _ = run(capsys, "replay", out, "--verify", "--json")
     report = json.loads(text)
     assert code == 0 and report["verify"]["ok"] and report["precision"] == "bf16"
     assert set(used) == {"bf16"}

@@ -24,5 +24,5 @@ def precision_option(f: F) -> F:
     """--precision fp32|bf16|fp16: mixed precision through torch.autocast (docs/precision.md)."""
     return click.option(
         "--precision", default="fp32", show_default=True, metavar="|".join(PRECISIONS), callback=_precision_name,
-        help="fp32, or bf16/fp16 mixed precision (torch.autocast; weights and recurrent states stay fp32).",
+        help="fp32, or bf16/fp16 mixed precision (torch.autocast: weights and accumulating states stay fp32).",
     )(f)
