@@ -15,6 +15,7 @@ import click
 
 from mclstudio import __version__
 from mclstudio.cli.errors import ERROR_TYPES
+from mclstudio.cli.options import precision_option
 
 MODELS = ["mamba", "transformer", "linear_transformer", "performer", "longhorn"]  # = learners.registry.LEARNERS (kept here: importing it loads torch)
 
@@ -121,27 +122,29 @@ def train(**kw: Any) -> None:
 @click.option("--root", default=None, help="Folder for torchvision datasets.")
 @click.option("--download", is_flag=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
+@precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def eval_command(checkpoint: str, episodes: int, batch_size: int, noise_levels: tuple[float, ...],
-                 domains: tuple[str, ...], root: str | None, download: bool, device: str, amp: bool,
+                 domains: tuple[str, ...], root: str | None, download: bool, device: str, precision: str,
                  as_json: bool) -> None:
     """Meta-test a checkpoint: trained setting, longer streams, more shots, noise, other domains."""
+    from mclstudio.precision import check_precision
     from mclstudio.training.checkpoint import load_checkpoint
     from mclstudio.training.evaluate import evaluate_checkpoint
     from mclstudio.training.trainer import resolve_device
 
     if episodes < 1 or batch_size < 1:
         raise click.BadParameter("episodes and batch size must be at least 1")
+    check_precision(precision, resolve_device(device))
     ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
     results = evaluate_checkpoint(
         ckpt.learner, ckpt.metadata, episodes=episodes, batch_size=batch_size,
-        noise_levels=noise_levels or (0.5, 1.0), domains=domains, root=root, download=download, amp=amp,
+        noise_levels=noise_levels or (0.5, 1.0), domains=domains, root=root, download=download, precision=precision,
     )
     summary = {
         "checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "model": ckpt.learner.config.model,
         "parameters": ckpt.learner.num_parameters(), "device": str(next(ckpt.learner.parameters()).device),
-        "results": [r.to_dict() for r in results],
+        "precision": precision, "results": [r.to_dict() for r in results],
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -149,7 +152,7 @@ def eval_command(checkpoint: str, episodes: int, batch_size: int, noise_levels: 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{ckpt.path.name}: {summary['model']}, {summary['parameters']:,} parameters")
+    table = Table(title=f"{ckpt.path.name}: {summary['model']}, {summary['parameters']:,} parameters, {precision}")
     for col in ("setting", "dataset", "tasks", "shots", "noise", "episodes", "score", "95% CI", "ep/s"):
         table.add_column(col, justify="left" if col in ("setting", "dataset") else "right")
     for r in results:
@@ -198,13 +201,14 @@ _add_recording_commands()
 @click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu or cuda[:N].")
 @click.option("--record-dir", default=".", show_default=True, help="Where r (record) and exports write.")
 @click.option("--play", is_flag=True, help="Skip the picker and start playing the default episode.")
+@precision_option
 def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: int, seed: int,
-                 noise: float, device: str, record_dir: str, play: bool) -> None:
+                 noise: float, device: str, record_dir: str, play: bool, precision: str) -> None:
     """Open the live studio (a Textual app) on one or more checkpoints."""
     from mclstudio.tui.cli import open_studio
 
     open_studio(checkpoints, dataset=dataset, split=split, tasks=tasks, shots=shots, seed=seed, noise=noise,
-                device=device, record_dir=record_dir, play=play)
+                device=device, record_dir=record_dir, play=play, precision=precision)
 
 
 def main(argv: list[str] | None = None) -> None:

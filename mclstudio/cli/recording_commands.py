@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from mclstudio.cli.options import precision_option
 from mclstudio.engine.stream import EVAL_MODES, ROWS_MODES, EngineConfig
 from mclstudio.formatting import format_bytes
 
@@ -30,21 +31,25 @@ from mclstudio.formatting import format_bytes
 @click.option("--rows-every", type=click.Choice(ROWS_MODES), default="task", show_default=True,
               help="Association maps (first query of every task) at task ends or after every step.")
 @click.option("-o", "--out", default="run.h5", show_default=True, help="The recording (HDF5) to write.")
+@precision_option
 def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: int, test_shots: int, seed: int,
-           noise: float, split: str, dataset: str, eval_every: str, rows_every: str, out: str) -> None:
+           noise: float, split: str, dataset: str, eval_every: str, rows_every: str, out: str, precision: str) -> None:
     """Stream episodes through one or more checkpoints in lock-step and record everything to HDF5."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mclstudio.data.episodes import EpisodeSpec
+    from mclstudio.precision import check_precision
     from mclstudio.recording.session import default_rows_queries, record_session
     from mclstudio.training.checkpoint import load_checkpoint
 
+    check_precision(precision, "cpu")  # record runs on the CPU
     loaded = [load_checkpoint(c) for c in checkpoints]
     vocab = min(c.learner.config.y_vocab for c in loaded)
     spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=shots, test_shots=test_shots,
                        seed=seed, noise_std=noise, num_codes=vocab)
     spec.validate()
-    config = EngineConfig(eval_every=eval_every, rows_queries=default_rows_queries(spec), rows_every=rows_every)
+    config = EngineConfig(eval_every=eval_every, rows_queries=default_rows_queries(spec), rows_every=rows_every,
+                          precision=precision)
     steps = tasks * shots
     interactive = sys.stderr.isatty()
     progress = Progress(
@@ -61,7 +66,7 @@ def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: int, 
 
     with progress:
         path = record_session(loaded, spec, episodes, out, config, on_step)
-    click.echo(f"recorded {episodes} episodes of {len(loaded)} learners to {path}")
+    click.echo(f"recorded {episodes} episodes of {len(loaded)} learners at {precision} to {path}")
 
 
 @click.command()
@@ -101,7 +106,7 @@ def replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool,
 
     if as_json:
         out: dict[str, Any] = {"recording": str(rec.path), "schema_version": rec.schema_version,
-                               "episodes": len(rec.episodes), "incomplete_episodes": rec.incomplete,
+                               "precision": rec.engine_config.precision, "episodes": len(rec.episodes), "incomplete_episodes": rec.incomplete,
                                "learners": _json_safe(rows)}
         if report is not None:
             out["verify"] = {"ok": report.ok, "checked": report.checked, "mismatches": report.mismatches}
@@ -112,7 +117,8 @@ def replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool,
             click.echo(_plot(rows))
         if report is not None:
             if report.ok:
-                click.echo(f"verify: OK, {report.checked} recorded predictions reproduced exactly")
+                click.echo(f"verify: OK, {report.checked} recorded predictions reproduced exactly "
+                           f"at {rec.engine_config.precision}")
             else:
                 click.echo(f"verify: {len(report.mismatches)} mismatch(es)", err=True)
                 for m in report.mismatches:
@@ -160,7 +166,7 @@ def _print_table(rec: Any, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     skipped = f", {rec.incomplete} incomplete skipped" if rec.incomplete else ""
-    table = Table(title=f"{rec.path.name}: {len(rec.episodes)} episodes{skipped}")
+    table = Table(title=f"{rec.path.name}: {len(rec.episodes)} episodes at {rec.engine_config.precision}{skipped}")
     for col in ("learner", "source", "acc", "95% CI", "forget", "state first", "state final", "step"):
         table.add_column(col, justify="left" if col in ("learner", "source") else "right", no_wrap=True)
     for r in rows:

@@ -27,6 +27,7 @@ from torch import Tensor
 from mclstudio.data.episodes import Episode
 from mclstudio.learners.base import Learner, State
 from mclstudio.metrics import forgetting, per_task_accuracy
+from mclstudio.precision import autocast, check_precision
 
 EVAL_MODES = ("step", "task", "none")
 ROWS_MODES = ("task", "step")
@@ -38,11 +39,13 @@ class EngineConfig:
     each "task" (the accuracy matrix is filled at task ends in both cases), or never ("none": timing only).
     rows_queries: indices of the queries (into episode.query_x) whose association rows to compute.
     rows_every: compute those rows at the end of each "task" or after every "step".
+    precision: "fp32", or "bf16"/"fp16" mixed precision (``mclstudio.precision``) for every step.
     """
 
     eval_every: str = "step"
     rows_queries: tuple[int, ...] = ()
     rows_every: str = "task"
+    precision: str = "fp32"
 
     def validate(self, num_queries: int) -> None:
         if self.eval_every not in EVAL_MODES:
@@ -123,6 +126,7 @@ class StreamEngine:
                 raise ValueError(f"learner {name} has {vocab} label codes; the episode uses codes up to "
                                  f"{int(episode.codes.max())} (make the spec's num_codes <= {vocab})")
         device = learner_device(self.learners[0][1])
+        check_precision(self.config.precision, device)  # one line, before any step, if it cannot run here
         self.episode = episode.to(device)
         self.tasks = episode.tasks
         self.num_examples = episode.stream_x.shape[1]
@@ -134,13 +138,17 @@ class StreamEngine:
     def __iter__(self) -> Iterator[list[Snapshot]]:
         for _, learner in self.learners:
             learner.eval()
-        states = [learner.empty_state(1) for _, learner in self.learners]
-        with torch.no_grad():  # the queries' embeddings never change during an episode: embed them once
+        precision = self.config.precision
+        device = self.episode.query_x.device
+        # the queries' embeddings never change during an episode: embed them once
+        with torch.no_grad(), autocast(precision, device):
+            states = [learner.empty_state(1) for _, learner in self.learners]
             self._query_embeddings = [learner.embedding.embed_x(self.episode.query_x) for _, learner in self.learners]
         matrices = [np.full((self.tasks, self.tasks), np.nan) for _ in self.learners]
         for i in range(self.num_examples):
-            # no_grad per step, not around the loop: a generator's context would leak into its caller.
-            with torch.no_grad():
+            # no_grad and autocast per step, not around the loop: a generator's context would leak
+            # into its caller.
+            with torch.no_grad(), autocast(precision, device):
                 snaps = [
                     self._step(i, name, learner, states, k, matrices[k])
                     for k, (name, learner) in enumerate(self.learners)

@@ -153,10 +153,11 @@ class KVCacheState(State):
         return out
 
     def layer_norms(self) -> Tensor:
-        """(B, n_layers): Frobenius norm of [K; V] (used part) per layer."""
+        """(B, n_layers): Frobenius norm of [K; V] (used part) per layer, summed in float32 (an fp16
+        cache's sum of squares would overflow)."""
         norms = []
         for i in range(len(self.keys)):
-            k, v = self.layer(i)
+            k, v = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in self.layer(i))
             norms.append((k.pow(2).sum((1, 2, 3)) + v.pow(2).sum((1, 2, 3))).sqrt())
         return torch.stack(norms, dim=1)
 

@@ -167,8 +167,12 @@ class Learner(nn.Module, ABC):
         return self.answer(state, query_x).logits
 
     def empty_state(self, batch_size: int = 1) -> State:
+        """The empty memory, in the dtype activations have here: the weights' dtype, or the low type of
+        an autocast in effect (mixed precision, ``mclstudio.precision``). Each model's ``init_state``
+        keeps its accumulating memory (SSM state, S and z) in at least float32 all the same."""
         p = self.head.weight
-        return self.init_state(batch_size, p.device, p.dtype)
+        dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
+        return self.init_state(batch_size, p.device, dtype)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -126,6 +126,7 @@ class RecordingWriter:
             f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             f.attrs["eval_every"] = engine_config.eval_every
             f.attrs["rows_every"] = engine_config.rows_every
+            f.attrs["precision"] = engine_config.precision  # added within schema 1: absent means fp32
             f.attrs["learners"] = json.dumps([ident.name for ident in learners])
             f.attrs["episodes_complete"] = 0
             group = f.create_group("learners")
@@ -268,7 +269,8 @@ def _read(f: h5py.File, path: Path) -> Recording:
             )
         episodes.append(ep)
     config = EngineConfig(
-        eval_every=str(f.attrs["eval_every"]), rows_queries=rows_queries, rows_every=str(f.attrs["rows_every"])
+        eval_every=str(f.attrs["eval_every"]), rows_queries=rows_queries, rows_every=str(f.attrs["rows_every"]),
+        precision=str(_plain(f.attrs.get("precision", "fp32"))),
     )
     return Recording(
         path=path,

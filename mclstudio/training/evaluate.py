@@ -9,7 +9,6 @@ Evaluation episodes use seeds EVAL_SEED_BASE + i, so every checkpoint sees the s
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from mclstudio.data import DataError, EpisodeSource, EpisodeSpec, get_source
 from mclstudio.learners.base import Learner
 from mclstudio.metrics import episode_accuracy, episode_mse, mean_ci95
+from mclstudio.precision import autocast
 
 EVAL_SEED_BASE = 10_000_000
 
@@ -74,9 +74,10 @@ def evaluate_setting(
     setting: Setting,
     episodes: int = 512,
     batch_size: int = 64,
-    amp: bool = False,
+    precision: str = "fp32",
 ) -> SettingResult:
-    """Evaluate one setting. A setting the data cannot supply comes back with ``skipped`` set."""
+    """Evaluate one setting at ``precision`` (fp32, or bf16/fp16 autocast: ``mclstudio.precision``).
+    A setting the data cannot supply comes back with ``skipped`` set."""
     spec = setting.spec
     metric = "mse" if learner.config.is_regression else "accuracy"
     row = SettingResult(
@@ -96,8 +97,8 @@ def evaluate_setting(
     for first in range(0, episodes, batch_size):
         specs = [spec.with_seed(EVAL_SEED_BASE + i) for i in range(first, min(first + batch_size, episodes))]
         ep = source.batch(specs).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext():
-            logits = learner(ep.stream_x, ep.stream_y, ep.query_x).logits
+        with autocast(precision, device):
+            logits = learner(ep.stream_x, ep.stream_y, ep.query_x).logits.float()  # scored in float32
         score = episode_mse(logits, ep.query_y) if metric == "mse" else episode_accuracy(logits, ep.query_y)
         scores.append(score.cpu().numpy())
     if device.type == "cuda":
@@ -116,7 +117,7 @@ def evaluate_checkpoint(
     domains: tuple[str, ...] = (),
     root: str | None = None,
     download: bool = False,
-    amp: bool = False,
+    precision: str = "fp32",
 ) -> list[SettingResult]:
     """All paper settings on the checkpoint's own meta-test split, then the trained setting on each
     other domain (another dataset's meta-test classes)."""
@@ -126,13 +127,14 @@ def evaluate_checkpoint(
     results = []
     source = get_source(base.dataset, root=root, download=download).to(device)
     for setting in paper_settings(base, noise_levels):
-        results.append(evaluate_setting(learner, source, setting, episodes, batch_size, amp))
+        results.append(evaluate_setting(learner, source, setting, episodes, batch_size, precision))
     channels = learner.config.x_shape[0] if len(learner.config.x_shape) == 3 else None
     for domain in domains:
         other = get_source(domain, root=root, download=download, channels=channels).to(device)
         if tuple(other.x_shape) != tuple(learner.config.x_shape):
             raise DataError(f"{domain} gives inputs of shape {other.x_shape}; the learner takes {learner.config.x_shape}")
         results.append(
-            evaluate_setting(learner, other, Setting(f"domain {domain}", replace(base, dataset=domain)), episodes, batch_size, amp)
+            evaluate_setting(learner, other, Setting(f"domain {domain}", replace(base, dataset=domain)), episodes, batch_size,
+                             precision)
         )
     return results

@@ -98,9 +98,11 @@ class StudioApp(App):
         show_timing: bool = True,
         record_dir: str | Path = ".",
         autostart: bool = False,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         self.checkpoints = checkpoints or []
+        self.precision = replay.recording.engine_config.precision if replay else precision
         self.spec = spec or EpisodeSpec()
         self.show_timing = show_timing
         self.record_dir = Path(record_dir)
@@ -128,7 +130,7 @@ class StudioApp(App):
 
     # ---- start-up -------------------------------------------------------------------------------
     def on_mount(self) -> None:
-        self.sub_title = "replay" if self.feed is not None else ", ".join(c.name for c in self.checkpoints)
+        self.set_sub_title("replay" if self.feed is not None else ", ".join(c.name for c in self.checkpoints))
         self.install_screen(LiveScreen(), "live")
         if self.feed is not None:  # replay: no picker, straight to the live view
             self._start_feed(self.feed)
@@ -139,6 +141,10 @@ class StudioApp(App):
         else:
             self.push_screen(PickerScreen(self.spec))
         self.set_interval(1 / REDRAW_HZ, self.redraw)
+
+    def set_sub_title(self, text: str) -> None:
+        """The header's subtitle; a precision other than the default fp32 is added to it."""
+        self.sub_title = text if self.precision == "fp32" else f"{text} · {self.precision}"
 
     def checkpoint_paths(self) -> list[str]:
         return [str(c.path) for c in self.checkpoints]
@@ -153,12 +159,12 @@ class StudioApp(App):
                     return "give at least one checkpoint"
                 device = next(self.checkpoints[0].learner.parameters()).device if self.checkpoints else "cpu"
                 checkpoints = [load_checkpoint(p, device=device) for p in paths]
-            feed = LiveFeed(checkpoints, spec)
+            feed = LiveFeed(checkpoints, spec, self.precision)
         except Exception as exc:  # noqa: BLE001 - shown in the picker, one line
             return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         self.spec = spec
         self.checkpoints = checkpoints
-        self.sub_title = ", ".join(feed.names)
+        self.set_sub_title(", ".join(feed.names))
         self.learner_names = list(feed.names)
         if self.selected not in self.learner_names:
             self.selected = self.learner_names[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mclstudio.data.episodes import EpisodeSpec
+from mclstudio.precision import check_precision
 from mclstudio.recording.hdf5 import read_recording
 from mclstudio.training.checkpoint import load_checkpoint
 from mclstudio.training.trainer import resolve_device
@@ -16,15 +17,18 @@ from mclstudio.tui.feeds import LiveFeed, ReplayFeed
 
 def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omniglot-mini", split: str = "test",
                    tasks: int = 20, shots: int = 5, seed: int = 0, noise: float = 0.0, device: str = "auto",
-                   record_dir: str | Path = ".", play: bool = False, show_timing: bool = True) -> StudioApp:
+                   record_dir: str | Path = ".", play: bool = False, show_timing: bool = True,
+                   precision: str = "fp32") -> StudioApp:
     """Load the checkpoints (on the GPU when there is one) and check the default episode; the app."""
     dev = resolve_device(device)
+    check_precision(precision, dev)
     loaded = [load_checkpoint(path, device=dev) for path in checkpoints]
     spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=shots, seed=seed, noise_std=noise)
     LiveFeed(loaded, spec)  # raises on a spec the learners or the dataset cannot serve
     if not Path(record_dir).is_dir():
         raise ValueError(f"record folder not found: {record_dir}")
-    return StudioApp(loaded, spec=spec, record_dir=record_dir, autostart=play, show_timing=show_timing)
+    return StudioApp(loaded, spec=spec, record_dir=record_dir, autostart=play, show_timing=show_timing,
+                     precision=precision)
 
 
 def build_replay_app(recording: str | Path, show_timing: bool = True) -> StudioApp:

@@ -53,11 +53,11 @@ def _task_starts(stream_task: np.ndarray) -> np.ndarray:
 class LiveFeed:
     """Streams episodes (seeds spec.seed, spec.seed + 1, ...) through the loaded checkpoints in lock-step,
     with the same engine settings as ``mclstudio record``, so that a recording made here matches one
-    made there."""
+    made there. precision: "fp32", "bf16" or "fp16" (``mclstudio.precision``)."""
 
     live = True
 
-    def __init__(self, checkpoints: list[Checkpoint], spec: EpisodeSpec) -> None:
+    def __init__(self, checkpoints: list[Checkpoint], spec: EpisodeSpec, precision: str = "fp32") -> None:
         if not checkpoints:
             raise ValueError("open needs at least one checkpoint")
         for ckpt in checkpoints:
@@ -70,7 +70,7 @@ class LiveFeed:
         self.checkpoints = checkpoints
         self.spec = spec
         self.names = learner_names(checkpoints)
-        self.config = EngineConfig(rows_queries=default_rows_queries(spec))
+        self.config = EngineConfig(rows_queries=default_rows_queries(spec), precision=precision)
         self.source = get_source(spec.dataset)
         self.source.check(spec)  # a bad request fails here, in the picker, not in the worker
         self.episode_index = 0
