@@ -128,10 +128,13 @@ def selective_scan_reference(
         t_slice = slice(start, start + SCAN_CHUNK)
         decay = torch.exp(delta[:, :, t_slice].unsqueeze(-1) * A[:, None, :])
         drive = (delta[:, :, t_slice] * u[:, :, t_slice]).unsqueeze(-1) * B[:, :, t_slice].transpose(1, 2).unsqueeze(1)
-        for t in range(decay.shape[2]):
-            h = decay[:, :, t] * h + drive[:, :, t]
-            ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, start + t]))
-    y = torch.stack(ys, dim=2) + D[:, None] * u
+        hs = []
+        for t in range(decay.shape[2]):  # the only sequential part: one fused multiply-add per token
+            h = torch.addcmul(drive[:, :, t], decay[:, :, t], h)
+            hs.append(h)
+        # the readout of the whole chunk in one contraction (one op per chunk, not one per token)
+        ys.append(torch.einsum("bdtn,bnt->bdt", torch.stack(hs, dim=2), C[:, :, t_slice]))
+    y = torch.cat(ys, dim=2) + D[:, None] * u
     y = y * F.silu(z)
     return y.to(dtype_in), h
 
