@@ -18,7 +18,11 @@ Counted where the screen is written (``App._display``, one call per screen updat
   screen update, or replaced by a newer frame before it);
 - model_steps_per_s: frames the worker produced (all learners stepped, queries evaluated);
 - tick_interval_ms median and p95: the time between redraw ticks (50 ms when the UI thread keeps up),
-  so also the delay a key press can see before it is handled.
+  so also the delay a key press can see before it is handled;
+- this_process_cores (of which ui_thread_cores on the UI thread, the rest on the model worker) and
+  other_processes_cores: CPU used by the studio and by everything else on the machine during the run,
+  in cores (the machine has "cpus"); figures are only comparable when the other processes' share is
+  near 0.
 """
 
 from __future__ import annotations
@@ -36,10 +40,24 @@ from pathlib import Path
 import torch
 
 from mclstudio.tui.cli import build_open_app
+from mclstudio.tui.headless import start_live, wait_until
 from mclstudio.tui.screens import LiveScreen
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = [str(ROOT / "checkpoints" / f"{m}.pt") for m in ("mamba", "transformer", "linear_transformer", "performer")]
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process) so far; Linux /proc, else 0s.
+    Their difference over a run is the CPU other processes took: the numbers are only comparable when
+    that is near 0."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, open("/proc/stat").readline().split()[1:9])
+        own = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        return (user + nice + system + irq + softirq + steal) / ticks, (int(own[11]) + int(own[12])) / ticks
+    except (OSError, ValueError):
+        return 0.0, 0.0
 
 
 async def measure(checkpoints: list[str], seconds: float) -> dict:
@@ -61,19 +79,18 @@ async def measure(checkpoints: list[str], seconds: float) -> dict:
     app.redraw = timed_redraw  # type: ignore[method-assign]
     app._display = counted_display  # type: ignore[method-assign]
     async with app.run_test(size=(160, 50)) as pilot:
-        await pilot.press("enter")
-        while not isinstance(app.screen, LiveScreen):
-            await pilot.pause(0.05)
+        await start_live(pilot)
         for _ in range(4):
             await pilot.press("plus")  # to max speed
         await pilot.press("space")
-        while app.frames_received < 2:  # warm-up: first steps include lazy initialisation
-            await pilot.pause(0.05)
+        await wait_until(pilot, lambda: app.frames_received >= 2)  # warm-up: first steps initialise lazily
         t0, ticks0, drawn0, got0 = time.perf_counter(), app.ticks, app.frames_drawn, app.frames_received
+        busy0, own0, ui0 = *cpu_seconds(), time.thread_time()  # this coroutine runs on the UI thread
         first, first_shown = len(stamps), len(shown)
         while time.perf_counter() - t0 < seconds:
             await asyncio.sleep(0.25)
         dt = time.perf_counter() - t0
+        busy1, own1, ui1 = *cpu_seconds(), time.thread_time()
         updates = shown[first_shown:]
         new_data = sum(1 for prev, cur in zip(shown[first_shown - 1:], updates) if cur is not None and cur != prev)
         gaps = sorted(1e3 * (b - a) for a, b in zip(stamps[first:], stamps[first + 1:]))
@@ -88,6 +105,9 @@ async def measure(checkpoints: list[str], seconds: float) -> dict:
             "tick_interval_ms_median": round(statistics.median(gaps), 1),
             "tick_interval_ms_p95": round(gaps[int(0.95 * (len(gaps) - 1))], 1),
             "worker_torch_threads": app.worker_threads,
+            "this_process_cores": round((own1 - own0) / dt, 2),
+            "ui_thread_cores": round((ui1 - ui0) / dt, 2),
+            "other_processes_cores": round(max(0.0, (busy1 - busy0) - (own1 - own0)) / dt, 2),
         }
         await pilot.press("q")
     return result

@@ -34,7 +34,7 @@ from mclstudio.tui.widgets import AccuracyPanel, AssociationMap, ExampleView, Ma
 
 # Steps per second at each speed level; None = as fast as the models go.
 SPEEDS: list[float | None] = [0.5, 1, 2, 5, 10, 20, None]
-REDRAW_HZ = 20
+REDRAW_HZ = 30
 # torch threads of the model worker: the cores less one, which the UI thread needs.
 WORKER_THREADS = max(1, (os.cpu_count() or 1) - 1)
 

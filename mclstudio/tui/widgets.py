@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from rich.cells import cell_len
 from rich.color import Color
 from rich.style import Style
 from rich.segment import Segment
@@ -101,12 +102,12 @@ class StyledLines:
     def plain(self) -> str:
         return "\n".join("".join(segment.text for segment in line) for line in self.lines)
 
-    def strips(self) -> list[Strip]:
-        """One Strip per line, without the trailing empty lines (an empty text is one empty line)."""
+    def trimmed(self) -> list[list[Segment]]:
+        """The lines without the trailing empty ones (an empty text is one empty line)."""
         lines = list(self.lines)
         while len(lines) > 1 and not lines[-1]:
             lines.pop()
-        return [Strip(line) for line in lines]
+        return lines
 
 
 def half_block_image(image: np.ndarray) -> StyledLines:
@@ -116,26 +117,35 @@ def half_block_image(image: np.ndarray) -> StyledLines:
     if img.shape[0] % 2:
         img = np.vstack([img, np.zeros((1, img.shape[1]), dtype=int)])
     text = StyledLines()
-    for r in range(0, img.shape[0], 2):
-        for t, b in zip(img[r].tolist(), img[r + 1].tolist()):
-            text.append("▀", _pixel_pair(t, b))
-        text.append("\n")
+    # the cells as segments directly (hundreds per image, each with its own colours)
+    text.lines = [[Segment("▀", _pixel_pair(t, b)) for t, b in zip(img[r].tolist(), img[r + 1].tolist())]
+                  for r in range(0, img.shape[0], 2)] + [[]]
     return text
 
 
+def fit(segments: list[Segment], width: int, style: Style) -> Strip:
+    """One line cut or padded to ``width`` cells under the panel's base ``style``, as one new Strip
+    (Strip's own crop_extend and apply_style make one Strip each, and a Strip is costly to make)."""
+    length = sum(cell_len(segment.text) for segment in segments)
+    if length > width:
+        segments = list(Strip(segments, length).crop(0, width))
+    elif length < width:
+        segments = [*segments, Segment(" " * (width - length))]
+    return Strip(Segment.apply_style(segments, style), width)
+
+
 class TextLines(Widget):
-    """A panel drawn from StyledLines through Textual's line API (``render_line``). Each update is
-    turned into strips once, and the strips cut to the panel's width and given its base style are kept
-    until the next update: Textual calls render_line again for every repaint (a scroll, a layout, a
-    neighbour's refresh), and those repaints then cost nothing here."""
+    """A panel drawn from StyledLines through Textual's line API (``render_line``). The lines, cut to the
+    panel's width and given its base style, are kept until the next update: Textual calls render_line
+    again for every repaint (a scroll, a layout, a neighbour's refresh), and those then cost nothing."""
 
     DEFAULT_CSS = "TextLines { height: auto; }"
 
     def __init__(self, text: str = "", **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._text = StyledLines(text)
-        self._strips = self._text.strips()
-        self._shown: tuple[int, Style, list[Strip]] | None = None  # (width, base style, strips drawn)
+        self._lines = self._text.trimmed()
+        self._shown: tuple[int, Style, list[Strip]] | None = None  # (width, base style, lines drawn)
 
     @property
     def content(self) -> str:
@@ -143,26 +153,26 @@ class TextLines(Widget):
         return self._text.plain
 
     def update(self, text: StyledLines | str) -> None:
-        old_height = len(self._strips)
+        old_height = len(self._lines)
         self._text = StyledLines(text) if isinstance(text, str) else text
-        self._strips = self._text.strips()
+        self._lines = self._text.trimmed()
         self._shown = None
-        self.refresh(layout=len(self._strips) != old_height)
+        self.refresh(layout=len(self._lines) != old_height)
 
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
-        return len(self._strips)
+        return len(self._lines)
 
     def render_lines(self, crop: Region) -> list[Strip]:
         # the base style (background, colour from the CSS) once per repaint, not once per line
         width, style = self.size.width, self.rich_style
         if self._shown is None or self._shown[:2] != (width, style):
-            self._shown = (width, style, [s.crop_extend(0, width, None).apply_style(style) for s in self._strips])
+            self._shown = (width, style, [fit(line, width, style) for line in self._lines])
         return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
         assert self._shown is not None  # set by render_lines, which Textual calls first
-        lines = self._shown[2]
-        return lines[y] if y < len(lines) else Strip.blank(self._shown[0], self._shown[1])
+        width, style, lines = self._shown
+        return lines[y] if y < len(lines) else Strip.blank(width, style)
 
 
 class ExampleView(TextLines):
