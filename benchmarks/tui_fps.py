@@ -3,6 +3,9 @@ Prints JSON (and writes it with --out).
 
     python benchmarks/tui_fps.py --out benchmarks/results/tui_fps_cpu.json
 
+Each setting (all the given checkpoints, then the first alone) runs --repeats times, interleaved; the
+summary holds the medians.
+
 The app runs headless (Textual's test driver) with the given checkpoints on the default episode
 (Omniglot-mini meta-test, 20 tasks x 5 shots), playing at maximum speed for --seconds. Headless Textual
 composites every screen update but skips encoding it for the terminal; the benchmark does that encoding
@@ -13,11 +16,11 @@ Counted where the screen is written (``App._display``, one call per screen updat
 - new_data_screen_updates_per_s: screen updates that show a frame (a model step) the previous screen
   update did not show. This is the issue's "screen updates per second while streaming" (target >= 15);
 - screen_updates_per_s: all screen updates of the live view (new data or not: a key, the status line);
-- redraw_ticks_per_s: ticks of the app's redraw timer (target 20; fewer means the UI thread is starved);
+- redraw_ticks_per_s: ticks of the app's redraw timer (target REDRAW_HZ = 30; fewer means the UI thread is late);
 - panel_updates_per_s: ticks that handed a new frame to the panels (each is then shown by the next
   screen update, or replaced by a newer frame before it);
 - model_steps_per_s: frames the worker produced (all learners stepped, queries evaluated);
-- tick_interval_ms median and p95: the time between redraw ticks (50 ms when the UI thread keeps up),
+- tick_interval_ms median and p95: the time between redraw ticks (33 ms when the UI thread keeps up),
   so also the delay a key press can see before it is handled;
 - this_process_cores (of which ui_thread_cores on the UI thread, the rest on the model worker) and
   other_processes_cores: CPU used by the studio and by everything else on the machine during the run,
@@ -113,20 +116,32 @@ async def measure(checkpoints: list[str], seconds: float) -> dict:
     return result
 
 
+SUMMARISED = ("new_data_screen_updates_per_s", "model_steps_per_s", "redraw_ticks_per_s", "ui_thread_cores",
+              "other_processes_cores")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*", default=DEFAULT)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each setting (the summary is their median)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    runs = [asyncio.run(measure(args.checkpoints, args.seconds))]
-    if len(args.checkpoints) > 1:  # Mamba alone too
-        runs.append(asyncio.run(measure(args.checkpoints[:1], args.seconds)))
+    settings = [args.checkpoints] + ([args.checkpoints[:1]] if len(args.checkpoints) > 1 else [])  # + Mamba alone
+    runs, summary = [], []
+    for _ in range(args.repeats):  # settings interleaved, so a change in the machine's load hits both alike
+        runs += [asyncio.run(measure(checkpoints, args.seconds)) for checkpoints in settings]
+    for checkpoints in settings:
+        names = [Path(c).name for c in checkpoints]
+        mine = [r for r in runs if r["checkpoints"] == names]
+        summary.append({"checkpoints": names, "runs": len(mine),
+                        **{f"median_{key}": statistics.median(r[key] for r in mine) for key in SUMMARISED}})
     out = {
         "benchmark": "tui_fps",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "device": "cuda" if torch.cuda.is_available() else "cpu"},
+        "summary": summary,
         "runs": runs,
     }
     text = json.dumps(out, indent=2)
