@@ -4,8 +4,6 @@ one-line errors for bad paths. Small episodes (few tasks and shots) keep every t
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from mclstudio.recording.session import default_rows_queries, record_session
 from mclstudio.training.checkpoint import load_checkpoint
 from mclstudio.tui.app import StudioApp
 from mclstudio.tui.cli import build_open_app, build_replay_app
+from mclstudio.tui.headless import settle, start_live, wait_until
 from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
 from mclstudio.tui.widgets import AccuracyPanel, ExampleView, StatsPanel
 
@@ -25,21 +24,6 @@ MAMBA = str(ROOT / "checkpoints" / "mamba.pt")
 TRANSFORMER = str(ROOT / "checkpoints" / "transformer.pt")
 SIZE = (160, 50)
 pytestmark = pytest.mark.timeout(120)
-
-
-async def wait_until(pilot, cond: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Let the app run until cond() holds (the worker thread and the redraw timer need real time)."""
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "timed out waiting for the app"
-        await pilot.pause(0.05)
-
-
-async def settle(pilot, app: StudioApp, frames: int) -> None:
-    """Wait for ``frames`` frames and for the redraw that shows the last one."""
-    await wait_until(pilot, lambda: app.frames_received >= frames)
-    await wait_until(pilot, lambda: not app.dirty)
-    await pilot.pause()
 
 
 def shown(app: StudioApp, widget: type) -> str:
@@ -56,10 +40,9 @@ def test_enter_starts_and_n_steps(tmp_path: Path) -> None:
         app = small_app(tmp_path)
         async with app.run_test(size=SIZE) as pilot:
             assert isinstance(app.screen, PickerScreen)
-            await pilot.press("enter")
-            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await start_live(pilot)
             await pilot.press("n", "right")
-            await settle(pilot, app, 2)
+            await settle(pilot, 2)
             assert app.frames_received == 2  # paused: exactly the steps asked for
             assert "step 2/6" in shown(app, ExampleView)
             assert "task 1/3" in shown(app, ExampleView)
@@ -73,8 +56,7 @@ def test_space_plays_and_pauses_speed_keys(tmp_path: Path) -> None:
     async def go() -> None:
         app = small_app(tmp_path)
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("enter")
-            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await start_live(pilot)
             status = lambda: str(app.screen.query_one("#status").content)  # noqa: E731
             await pilot.press("plus", "plus")
             assert "speed max" in status()
@@ -97,8 +79,7 @@ def test_record_writes_the_record_schema(tmp_path: Path) -> None:
     async def go() -> Path:
         app = small_app(tmp_path)
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("enter")
-            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await start_live(pilot)
             await pilot.press("r")
             assert "REC" in str(app.screen.query_one("#status").content)
             path = app.controls.recording_to
@@ -127,8 +108,7 @@ def test_help_screen_and_quit(tmp_path: Path) -> None:
     async def go() -> None:
         app = small_app(tmp_path)
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("enter")
-            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await start_live(pilot)
             await pilot.press("question_mark")
             assert isinstance(app.screen, HelpScreen)
             text = " ".join(str(w.content) for w in app.screen.query("Static"))
@@ -147,10 +127,9 @@ def test_association_map_with_mamba_and_transformer(tmp_path: Path) -> None:
     async def go() -> None:
         app = small_app(tmp_path, MAMBA, TRANSFORMER)
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("enter")
-            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await start_live(pilot)
             await pilot.press("n", "n")  # task 1 ends after 2 steps: rows are computed then
-            await settle(pilot, app, 2)
+            await settle(pilot, 2)
             text = str(app.screen.query_one("#assoc").content)
             assert "mamba (after step 2)" in text and "transformer (after step 2)" in text
             assert "^" in text  # the query's same-class tokens are marked
@@ -169,7 +148,7 @@ def test_replay_tui_plays_a_recording(tmp_path: Path) -> None:
         async with app.run_test(size=SIZE) as pilot:
             assert isinstance(app.screen, LiveScreen)  # no picker, no models
             await pilot.press("n", "n", "n")
-            await settle(pilot, app, 3)
+            await settle(pilot, 3)
             assert "step 3/6" in shown(app, ExampleView)
             assert app.frame is not None and app.frame.image is not None  # rebuilt from the dataset
             await pilot.press("r")  # nothing to record: a warning, not a crash
@@ -214,8 +193,7 @@ def test_picker_shows_a_bad_checkpoint_path_inside_the_app(tmp_path: Path) -> No
             assert "checkpoint not found" in str(app.screen.query_one("#picker-error").content)
             app.screen.query_one("#checkpoints").value = f"{MAMBA} {TRANSFORMER}"
             await pilot.pause(0.4)  # a Button ignores a second press during its 0.2 s press effect
-            await pilot.press("enter")
-            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await start_live(pilot)
             assert app.learner_names == ["mamba", "transformer"]
 
     asyncio.run(go())
@@ -225,10 +203,9 @@ def test_command_palette_switch_and_export(tmp_path: Path) -> None:
     async def go() -> None:
         app = small_app(tmp_path, MAMBA, TRANSFORMER)
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press("enter")
-            await wait_until(pilot, lambda: isinstance(app.screen, LiveScreen))
+            await start_live(pilot)
             await pilot.press("n", "n", "right_square_bracket")
-            await settle(pilot, app, 2)
+            await settle(pilot, 2)
             assert "map 2/3: a query of task 2" in str(app.screen.query_one("#assoc").content)
             for command, done in (("switch: show transformer", lambda: app.selected == "transformer"),
                                   ("export: screenshot", lambda: any(tmp_path.glob("*.svg")))):

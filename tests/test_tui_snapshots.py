@@ -4,13 +4,12 @@ Update them after an intended change with: pytest tests/test_tui_snapshots.py --
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from mclstudio.tui.cli import build_open_app
-from mclstudio.tui.screens import LiveScreen
+from mclstudio.tui.headless import settle, start_live
 
 ROOT = Path(__file__).resolve().parent.parent
 CKPTS = [f"checkpoints/{m}.pt" for m in ("mamba", "transformer")]  # relative: the picker shows them
@@ -27,35 +26,23 @@ def app(tmp_path: Path):
     return build_open_app(CKPTS, tasks=4, shots=2, seed=0, device="cpu", record_dir=tmp_path, show_timing=False)
 
 
-async def wait_until(pilot, cond, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "timed out waiting for the app"
-        await pilot.pause(0.05)
-
-
 def test_picker_screen(snap_compare, tmp_path: Path) -> None:
     assert snap_compare(app(tmp_path), terminal_size=SIZE)
 
 
 def test_live_screen_after_five_steps(snap_compare, tmp_path: Path) -> None:
     async def five_steps(pilot) -> None:
-        studio = pilot.app
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(studio.screen, LiveScreen))
+        await start_live(pilot)
         for _ in range(5):
             await pilot.press("n")
-        await wait_until(pilot, lambda: studio.frames_received >= 5)
-        await wait_until(pilot, lambda: not studio.dirty)
-        await pilot.pause()
+        await settle(pilot, 5)
 
     assert snap_compare(app(tmp_path), terminal_size=SIZE, run_before=five_steps)
 
 
 def test_help_screen(snap_compare, tmp_path: Path) -> None:
     async def help_screen(pilot) -> None:
-        await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(pilot.app.screen, LiveScreen))
+        await start_live(pilot)
         await pilot.press("question_mark")
         await pilot.pause()
 

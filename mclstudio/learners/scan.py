@@ -200,9 +200,12 @@ def diagonal_scan(
             ys.append(y_chunk)
         else:
             decay = torch.exp(move.log_decay)
-            for t in range(decay.shape[1]):
-                h = decay[:, t] * h + drive[:, t]
-                ys.append(torch.einsum("bdn,bn->bd", h, C_chunk[:, t]).unsqueeze(2))
+            hs = []
+            for t in range(decay.shape[1]):  # the only sequential part: one fused multiply-add per token
+                h = torch.addcmul(drive[:, t], decay[:, t], h)
+                hs.append(h)
+            # the chunk's readout in one contraction (one op per chunk, not one per token)
+            ys.append(torch.einsum("btdn,btn->bdt", torch.stack(hs, dim=1), C_chunk))
     assert h is not None, "empty sequence"
     y = torch.cat(ys, dim=2) + D[:, None] * u
     y = y * F.silu(z)

@@ -8,6 +8,7 @@ Play/pause/step requests go to the worker through a threading.Event and a step c
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 from textual.app import App
 from textual.binding import Binding
 from textual.css.query import NoMatches
@@ -32,7 +34,9 @@ from mclstudio.tui.widgets import AccuracyPanel, AssociationMap, ExampleView, Ma
 
 # Steps per second at each speed level; None = as fast as the models go.
 SPEEDS: list[float | None] = [0.5, 1, 2, 5, 10, 20, None]
-REDRAW_HZ = 20
+REDRAW_HZ = 30
+# torch threads of the model worker: the cores less one, which the UI thread needs.
+WORKER_THREADS = max(1, (os.cpu_count() or 1) - 1)
 
 
 class FrameReady(Message):
@@ -110,6 +114,7 @@ class StudioApp(App):
         self.feed: LiveFeed | ReplayFeed | None = replay
         self.learner_names: list[str] = list(replay.names) if replay else []
         self.controls = Controls()
+        self.worker_threads = WORKER_THREADS
         self.wake = threading.Event()
         self.step_lock = threading.Lock()
         self.frame: Frame | None = None
@@ -117,6 +122,7 @@ class StudioApp(App):
         self.ticks = 0  # redraw timer ticks (the benchmark reads these counters)
         self.frames_drawn = 0  # ticks that drew a new frame
         self.frames_received = 0
+        self.frame_on_screen: tuple[int, int] | None = None  # (episode, step) the panels hold
         self.selected = self.learner_names[0] if self.learner_names else ""
         self.query_row = 0
         self.history: dict[str, list[float]] = {}
@@ -126,6 +132,7 @@ class StudioApp(App):
         self.recorded_episodes = 0
         self._drawn_matrix: tuple = ()
         self._drawn_map: tuple = ()
+        self._status_text = ""
         self._generation = 0  # bumped per new feed, so a stale worker's frames are dropped
 
     # ---- start-up -------------------------------------------------------------------------------
@@ -195,6 +202,9 @@ class StudioApp(App):
     def _stream(self, feed: LiveFeed | ReplayFeed, generation: int) -> None:
         """Pull frames at the requested pace; write finished episodes when recording. Runs in a thread."""
         worker = get_current_worker()
+        # Leave a core to the UI thread: torch's thread count is per thread (OpenMP), so this limits only
+        # the model work. On 2 cores, a second torch thread fought the UI for its core and was slower.
+        torch.set_num_threads(self.worker_threads)
         c = self.controls
         writer: RecordingWriter | None = None
         try:
@@ -267,6 +277,7 @@ class StudioApp(App):
         self.dirty = False
         self.frames_drawn += 1
         f, live = self.frame, self.get_screen("live")
+        self.frame_on_screen = (f.episode, f.step)
         live.query_one(ExampleView).show(f)
         live.query_one(AccuracyPanel).show(f, self.history)
         # The matrix and the association map change only at task ends: redraw them only then.
@@ -313,7 +324,10 @@ class StudioApp(App):
         text = (f"[b]{state}[/b]  speed {'max' if speed is None else f'{speed:g}'} steps/s  "
                 f"showing {self.selected}{rec}{note}")
         try:
-            self.get_screen("live").query_one("#status", Static).update(text)
+            status = self.get_screen("live").query_one("#status", Static)
+            if text != self._status_text:  # Static.update repaints; the status rarely changes
+                status.update(text, layout=False)  # one line, always: no layout pass needed
+                self._status_text = text
         except NoMatches:  # the live screen is not composed yet; the next redraw shows it
             pass
 

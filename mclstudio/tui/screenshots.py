@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from pathlib import Path
 
 from mclstudio.tui.cli import build_open_app
-from mclstudio.tui.screens import LiveScreen
+from mclstudio.tui.headless import settle, start_live
 
 CHECKPOINTS = ["checkpoints/mamba.pt", "checkpoints/transformer.pt"]
 
@@ -21,14 +20,10 @@ async def shoot(folder: Path, steps: int = 40) -> list[Path]:
     written = []
     async with app.run_test(size=(170, 50)) as pilot:
         written.append(Path(app.save_screenshot("tui-picker.svg", path=str(folder))))
-        await pilot.press("enter")
-        while not isinstance(app.screen, LiveScreen):
-            await pilot.pause(0.05)
+        await start_live(pilot)
         for _ in range(steps):
             await pilot.press("n")
-        end = time.monotonic() + 120
-        while (app.frames_received < steps or app.dirty) and time.monotonic() < end:
-            await pilot.pause(0.1)
+        await settle(pilot, steps, timeout=120)
         await pilot.pause(0.2)
         written.append(Path(app.save_screenshot("tui-live.svg", path=str(folder))))
     return written

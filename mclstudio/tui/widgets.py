@@ -1,14 +1,16 @@
 """Small widgets of the studio. Each one draws plain data handed to it (numpy arrays, numbers); none of
-them touches a model. Rendering is done into rich Text so that it stays deterministic for snapshots."""
+them touches a model. Rendering is done into StyledLines (segments per line) so that it stays deterministic for snapshots."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
 import numpy as np
+from rich.cells import cell_len
 from rich.color import Color
 from rich.style import Style
-from rich.text import Text
+from rich.segment import Segment
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -57,67 +59,129 @@ def heat_style(v: float) -> Style:
     return _heat_style(-1 if np.isnan(v) else int(round(255 * min(max(v, 0.0), 1.0))))
 
 
-def half_block_image(image: np.ndarray) -> Text:
+@lru_cache(maxsize=64)
+def parse_style(style: str) -> Style:
+    return Style.parse(style)
+
+
+class StyledLines:
+    """Lines of styled text built left to right, like rich Text's ``append`` but kept as segments per
+    line, so that drawing them needs no re-parsing or splitting (rich Text does both, and it dominated
+    the studio's redraws). Neighbouring pieces with the same style are merged into one segment."""
+
+    def __init__(self, text: str = "", style: Style | str | None = None) -> None:
+        self.lines: list[list[Segment]] = [[]]
+        if text:
+            self.append(text, style)
+
+    def append(self, text: str, style: Style | str | None = None) -> StyledLines:
+        """Add ``text`` to the current line; each newline in it starts a new line."""
+        if isinstance(style, str):
+            style = parse_style(style)
+        for n, part in enumerate(text.split("\n")):
+            if n:
+                self.lines.append([])
+            if part:
+                line = self.lines[-1]
+                if line and line[-1].style == style:  # same style as the last piece: extend it
+                    line[-1] = Segment(line[-1].text + part, style)
+                else:
+                    line.append(Segment(part, style))
+        return self
+
+    def extend(self, other: StyledLines) -> StyledLines:
+        """Append another StyledLines (its first line continues the current one)."""
+        for n, segments in enumerate(other.lines):
+            if n:
+                self.lines.append([])
+            for segment in segments:
+                self.append(segment.text, segment.style)
+        return self
+
+    @property
+    def plain(self) -> str:
+        return "\n".join("".join(segment.text for segment in line) for line in self.lines)
+
+    def trimmed(self) -> list[list[Segment]]:
+        """The lines without the trailing empty ones (an empty text is one empty line)."""
+        lines = list(self.lines)
+        while len(lines) > 1 and not lines[-1]:
+            lines.pop()
+        return lines
+
+
+def half_block_image(image: np.ndarray) -> StyledLines:
     """(H, W) values in [-1, 1] (ink is high) -> H/2 lines of '▀', top pixel as foreground colour and
     bottom pixel as background colour, so each character cell shows two pixels."""
     img = np.round(255 * (np.clip(image, -1, 1) + 1) / 2).astype(int)
     if img.shape[0] % 2:
         img = np.vstack([img, np.zeros((1, img.shape[1]), dtype=int)])
-    text = Text()
-    for r in range(0, img.shape[0], 2):
-        top, bottom = img[r].tolist(), img[r + 1].tolist()
-        for t, b in zip(top, bottom):
-            text.append("▀", _pixel_pair(t, b))
-        text.append("\n")
+    text = StyledLines()
+    # the cells as segments directly (hundreds per image, each with its own colours)
+    text.lines = [[Segment("▀", _pixel_pair(t, b)) for t, b in zip(img[r].tolist(), img[r + 1].tolist())]
+                  for r in range(0, img.shape[0], 2)] + [[]]
     return text
 
 
+def fit(segments: list[Segment], width: int, style: Style) -> Strip:
+    """One line cut or padded to ``width`` cells under the panel's base ``style``, as one new Strip
+    (Strip's own crop_extend and apply_style make one Strip each, and a Strip is costly to make)."""
+    length = sum(cell_len(segment.text) for segment in segments)
+    if length > width:
+        segments = list(Strip(segments, length).crop(0, width))
+    elif length < width:
+        segments = [*segments, Segment(" " * (width - length))]
+    return Strip(Segment.apply_style(segments, style), width)
+
+
 class TextLines(Widget):
-    """A panel drawn from rich Text through Textual's line API (``render_line``): the text is turned
-    into strips of segments once per update, which is several times cheaper to composite than a Static
-    when a panel holds hundreds of differently coloured cells (the image, the heatmaps)."""
+    """A panel drawn from StyledLines through Textual's line API (``render_line``). The lines, cut to the
+    panel's width and given its base style, are kept until the next update: Textual calls render_line
+    again for every repaint (a scroll, a layout, a neighbour's refresh), and those then cost nothing."""
 
     DEFAULT_CSS = "TextLines { height: auto; }"
 
     def __init__(self, text: str = "", **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._text = Text(text)
-        self._strips: list[Strip] | None = None
+        self._text = StyledLines(text)
+        self._lines = self._text.trimmed()
+        self._shown: tuple[int, Style, list[Strip]] | None = None  # (width, base style, lines drawn)
 
     @property
     def content(self) -> str:
         """The plain text shown (what tests read)."""
         return self._text.plain
 
-    def update(self, text: Text | str) -> None:
-        old_height = len(self._text.plain.splitlines())
-        self._text = Text(text) if isinstance(text, str) else text
-        self._strips = None
-        self.refresh(layout=len(self._text.plain.splitlines()) != old_height)
-
-    def _lines(self) -> list[Strip]:
-        if self._strips is None:
-            text = self._text.copy()
-            text.rstrip()
-            self._strips = [Strip(list(line.render(self.app.console))) for line in text.split("\n", allow_blank=True)]
-        return self._strips
+    def update(self, text: StyledLines | str) -> None:
+        old_height = len(self._lines)
+        self._text = StyledLines(text) if isinstance(text, str) else text
+        self._lines = self._text.trimmed()
+        self._shown = None
+        self.refresh(layout=len(self._lines) != old_height)
 
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
-        return len(self._lines())
+        return len(self._lines)
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # the base style (background, colour from the CSS) once per repaint, not once per line
+        width, style = self.size.width, self.rich_style
+        if self._shown is None or self._shown[:2] != (width, style):
+            self._shown = (width, style, [fit(line, width, style) for line in self._lines])
+        return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
-        lines, width = self._lines(), self.size.width
-        strip = lines[y] if y < len(lines) else Strip.blank(0)
-        return strip.crop_extend(0, width, None).apply_style(self.rich_style)
+        assert self._shown is not None  # set by render_lines, which Textual calls first
+        width, style, lines = self._shown
+        return lines[y] if y < len(lines) else Strip.blank(width, style)
 
 
 class ExampleView(TextLines):
     """The example just read: its image in half-blocks, its task and label."""
 
     def show(self, frame: Frame) -> None:
-        text = Text()
+        text = StyledLines()
         if frame.image is not None:
-            text.append_text(half_block_image(frame.image))
+            text.extend(half_block_image(frame.image))
         else:
             text.append("(no image: the dataset is not at hand)\n", style="dim")
         text.append(f"task {frame.task + 1}/{frame.tasks}  label {frame.label}\n", style="bold")
@@ -130,7 +194,7 @@ class AccuracyPanel(TextLines):
     and per-task accuracy after the last finished task as a row of coloured bars."""
 
     def show(self, frame: Frame, history: dict[str, list[float]], width: int = 40) -> None:
-        text = Text()
+        text = StyledLines()
         for s in frame.snapshots:
             acc = history[s.learner]
             last = next((v for v in reversed(acc) if not np.isnan(v)), float("nan"))
@@ -156,7 +220,7 @@ class MatrixHeatmap(TextLines):
     def show(self, frame: Frame, learner: str) -> None:
         snap = next(s for s in frame.snapshots if s.learner == learner)
         m = snap.accuracy_matrix
-        text = Text(f"{learner}: rows = tasks learned, columns = task\n", style="bold")
+        text = StyledLines(f"{learner}: rows = tasks learned, columns = task\n", style="bold")
         for k in range(m.shape[0]):
             for j in range(m.shape[1]):
                 text.append("  " if j > k else "██", style=heat_style(m[k, j]))
@@ -172,7 +236,7 @@ class StatsPanel(TextLines):
     """State memory and step latency of every learner. Latency can be hidden (deterministic snapshots)."""
 
     def show(self, frame: Frame, show_timing: bool = True) -> None:
-        text = Text()
+        text = StyledLines()
         for s in frame.snapshots:
             text.append(f"{s.learner}\n", style="bold")
             text.append(f" state {format_bytes(s.state_bytes):>10}")
@@ -185,7 +249,7 @@ class NormsPanel(TextLines):
     """Hidden-state norm per layer over the steps, as one sparkline per layer (scaled per layer)."""
 
     def show(self, learner: str, norms: list[np.ndarray], width: int = 40) -> None:
-        text = Text(f"{learner}: state norm per layer\n", style="bold")
+        text = StyledLines(f"{learner}: state norm per layer\n", style="bold")
         if norms:
             arr = np.stack(norms[-width:])  # (steps, layers)
             for layer in range(arr.shape[1]):
@@ -204,7 +268,7 @@ class AssociationMap(TextLines):
 
     def show(self, query: int, maps: dict[str, tuple[np.ndarray, np.ndarray, int]], task_starts: np.ndarray,
              query_task: int, n_queries: int = 1, width: int = 100) -> None:
-        text = Text(f"map {query + 1}/{n_queries}: a query of task {query_task + 1}, last layer\n", style="bold")
+        text = StyledLines(f"map {query + 1}/{n_queries}: a query of task {query_task + 1}, last layer\n", style="bold")
         if not maps:
             text.append("(computed at the end of each task; not yet)\n", style="dim")
         for name, (rows, same, step) in maps.items():
