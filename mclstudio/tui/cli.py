@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.recording.hdf5 import read_recording
-from mclstudio.training.checkpoint import load_checkpoint
+from mclstudio.training.adapters import load_learners
 from mclstudio.training.trainer import resolve_device
 from mclstudio.tui.app import StudioApp
 from mclstudio.tui.feeds import LiveFeed, ReplayFeed
@@ -16,10 +16,12 @@ from mclstudio.tui.feeds import LiveFeed, ReplayFeed
 
 def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omniglot-mini", split: str = "test",
                    tasks: int = 20, shots: int = 5, seed: int = 0, noise: float = 0.0, device: str = "auto",
-                   record_dir: str | Path = ".", play: bool = False, show_timing: bool = True) -> StudioApp:
-    """Load the checkpoints (on the GPU when there is one) and check the default episode; the app."""
+                   record_dir: str | Path = ".", play: bool = False, show_timing: bool = True,
+                   adapters: tuple[str, ...] | list[str] = ()) -> StudioApp:
+    """Load the checkpoints (on the GPU when there is one), apply any adapters and check the default
+    episode; the app."""
     dev = resolve_device(device)
-    loaded = [load_checkpoint(path, device=dev) for path in checkpoints]
+    loaded = load_learners(checkpoints, adapters, device=dev)
     spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=shots, seed=seed, noise_std=noise)
     LiveFeed(loaded, spec)  # raises on a spec the learners or the dataset cannot serve
     if not Path(record_dir).is_dir():
