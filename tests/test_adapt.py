@@ -191,3 +191,14 @@ def test_bad_adapters_and_options_get_one_line(adapted, tmp_path, capsys):
                    "no SSM projections")
     with pytest.raises(AdapterError):
         load_learners([str(other), str(other)], [str(out)])
+
+
+def test_open_applies_adapters(adapted, tmp_path):
+    from mclstudio.tui.cli import build_open_app
+
+    ckpt, out, _ = adapted
+    app = build_open_app([str(ckpt), str(ckpt)], tasks=3, shots=1, device="cpu", record_dir=tmp_path,
+                         adapters=[str(out)])
+    assert [c.name for c in app.checkpoints] == ["mamba+mamba-inv", "mamba"]
+    with pytest.raises(AdapterError, match="adapts mamba.pt"):
+        build_open_app([str(save_tiny(tmp_path / "other.pt", "transformer"))], adapters=[str(out)], device="cpu")

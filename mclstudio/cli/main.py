@@ -184,8 +184,8 @@ def info(checkpoint: str) -> None:
 @click.argument("checkpoint")
 @click.option("--dataset", required=True,
               help="The new domain, e.g. omniglot-mini:inverted, omniglot-mini:noisy or torchvision:<Name>.")
-@click.option("--rank", default=8, show_default=True, help="Rank r of every adapter.")
-@click.option("--alpha", default=16.0, show_default=True, help="Adapter scale numerator: W + alpha/r * B A.")
+@click.option("--rank", default=4, show_default=True, help="Rank r of every adapter.")
+@click.option("--alpha", default=8.0, show_default=True, help="Adapter scale numerator: W + alpha/r * B A.")
 @click.option("--ssm", is_flag=True, help="Also adapt dt_proj, the SSM's step-size projection (Mamba-like learners).")
 @click.option("--encoder", is_flag=True, help="Also adapt the image encoder's final projection (slower: runs the CNN).")
 @click.option("--tasks", default=0, show_default=True, help="Tasks per episode (0: the base's trained setting).")

@@ -10,9 +10,10 @@ sequence model alone, as in `train --frozen-encoder-steps`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -39,8 +40,8 @@ class AdaptConfig:
 
     checkpoint: str
     dataset: str
-    rank: int = 8
-    alpha: float = 16.0
+    rank: int = 4
+    alpha: float = 8.0
     ssm: bool = False  # also adapt dt_proj (Mamba-like learners)
     encoder: bool = False  # also adapt the encoder's final projection (runs the CNN every step)
     tasks: int = 0

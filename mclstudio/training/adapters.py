@@ -25,16 +25,21 @@ import torch
 
 import mclstudio
 from mclstudio.learners.base import Learner
-from mclstudio.learners.lora import add_lora, load_lora_tensors, lora_tensors, merge_lora
+from mclstudio.learners.lora import (
+    add_lora,
+    load_lora_tensors,
+    lora_tensors,
+    merge_lora,
+)
 from mclstudio.training.checkpoint import (
     ADAPTER_FORMAT,
-    FORMAT as CHECKPOINT_FORMAT,
     Checkpoint,
     CheckpointError,
     file_sha256,
     load_checkpoint,
     read_safely,
 )
+from mclstudio.training.checkpoint import FORMAT as CHECKPOINT_FORMAT
 
 ADAPTER_FORMAT_VERSION = 1
 
