@@ -15,7 +15,7 @@ import click
 
 from mclstudio import __version__
 from mclstudio.cli.errors import ERROR_TYPES
-from mclstudio.cli.options import precision_option
+from mclstudio.cli.options import adapter_option, precision_option
 
 MODELS = ["mamba", "transformer", "linear_transformer", "performer", "longhorn"]  # = learners.registry.LEARNERS (kept here: importing it loads torch)
 
@@ -124,25 +124,27 @@ def train(**kw: Any) -> None:
 @click.option("--device", default="auto", show_default=True)
 @precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@adapter_option
 def eval_command(checkpoint: str, episodes: int, batch_size: int, noise_levels: tuple[float, ...],
                  domains: tuple[str, ...], root: str | None, download: bool, device: str, precision: str,
-                 as_json: bool) -> None:
+                 as_json: bool, adapters: tuple[str, ...]) -> None:
     """Meta-test a checkpoint: trained setting, longer streams, more shots, noise, other domains."""
     from mclstudio.precision import check_precision
-    from mclstudio.training.checkpoint import load_checkpoint
+    from mclstudio.training.adapters import load_learners
     from mclstudio.training.evaluate import evaluate_checkpoint
     from mclstudio.training.trainer import resolve_device
 
     if episodes < 1 or batch_size < 1:
         raise click.BadParameter("episodes and batch size must be at least 1")
     check_precision(precision, resolve_device(device))
-    ckpt = load_checkpoint(checkpoint, device=resolve_device(device))
+    [ckpt] = load_learners([checkpoint], adapters, device=resolve_device(device))
     results = evaluate_checkpoint(
         ckpt.learner, ckpt.metadata, episodes=episodes, batch_size=batch_size,
         noise_levels=noise_levels or (0.5, 1.0), domains=domains, root=root, download=download, precision=precision,
     )
     summary = {
         "checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "model": ckpt.learner.config.model,
+        "adapter": str(ckpt.adapter_path or ""), "adapter_sha256": ckpt.adapter_sha256 or "",
         "parameters": ckpt.learner.num_parameters(), "device": str(next(ckpt.learner.parameters()).device),
         "precision": precision, "results": [r.to_dict() for r in results],
     }
@@ -152,7 +154,8 @@ def eval_command(checkpoint: str, episodes: int, batch_size: int, noise_levels: 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{ckpt.path.name}: {summary['model']}, {summary['parameters']:,} parameters, {precision}")
+    adapted = f" + adapter {ckpt.adapter_path.name}" if ckpt.adapter_path else ""
+    table = Table(title=f"{ckpt.path.name}{adapted}: {summary['model']}, {summary['parameters']:,} parameters, {precision}")
     for col in ("setting", "dataset", "tasks", "shots", "noise", "episodes", "score", "95% CI", "ep/s"):
         table.add_column(col, justify="left" if col in ("setting", "dataset") else "right")
     for r in results:
@@ -179,6 +182,51 @@ def info(checkpoint: str) -> None:
                            "config": ckpt.learner.config.to_dict(), "metadata": ckpt.metadata}, indent=2, default=str))
 
 
+@cli.command()
+@click.argument("checkpoint")
+@click.option("--dataset", required=True,
+              help="The new domain, e.g. omniglot-mini:inverted, omniglot-mini:noisy or torchvision:<Name>.")
+@click.option("--rank", default=4, show_default=True, help="Rank r of every adapter.")
+@click.option("--alpha", default=8.0, show_default=True, help="Adapter scale numerator: W + alpha/r * B A.")
+@click.option("--ssm", is_flag=True, help="Also adapt dt_proj, the SSM's step-size projection (Mamba-like learners).")
+@click.option("--encoder", is_flag=True, help="Also adapt the image encoder's final projection (slower: runs the CNN).")
+@click.option("--tasks", default=0, show_default=True, help="Tasks per episode (0: the base's trained setting).")
+@click.option("--shots", default=0, show_default=True, help="Training shots per task (0: the base's).")
+@click.option("--test-shots", default=0, show_default=True, help="Query shots per task (0: the base's).")
+@click.option("--steps", default=300, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Episodes per step.")
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--warmup", default=20, show_default=True, help="Linear learning-rate warm-up steps.")
+@click.option("--slct-lambda", type=float, default=0.0, show_default=True,
+              help="Selectivity regularisation weight (costs a second pass's worth of time on Mamba).")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--log-every", default=25, show_default=True)
+@click.option("--root", default=None, help="Folder of a torchvision dataset.")
+@click.option("--download", is_flag=True, help="Let torchvision download the dataset into --root.")
+@click.option("-o", "--out", default=None, help="Adapter file [<checkpoint folder>/adapters/<name>-<dataset>-r<rank>.pt].")
+def adapt(checkpoint: str, **kw: Any) -> None:
+    """Meta-train low-rank adapters on a frozen checkpoint for a new domain; save a small adapter file."""
+    from mclstudio.training.adapt import AdaptConfig
+    from mclstudio.training.adapt import adapt as run_adapt
+
+    cfg = AdaptConfig(
+        checkpoint=checkpoint, dataset=kw["dataset"], rank=kw["rank"], alpha=kw["alpha"], ssm=kw["ssm"],
+        encoder=kw["encoder"], tasks=kw["tasks"], train_shots=kw["shots"], test_shots=kw["test_shots"],
+        steps=kw["steps"], batch_size=kw["batch_size"], lr=kw["lr"], warmup_steps=kw["warmup"],
+        slct_lambda=kw["slct_lambda"], seed=kw["seed"], device=kw["device"], log_every=kw["log_every"],
+        root=kw["root"], download=kw["download"], out=kw["out"] or "",
+    )
+
+    def on_log(log: Any) -> None:
+        click.echo(f"step {log.step}/{log.steps} loss {log.loss:.3f} acc {log.accuracy:.3f} "
+                   f"{log.episodes_per_s:.1f} ep/s", err=True)
+
+    result = run_adapt(cfg, on_log)
+    click.echo(f"saved {result['out']} ({result['bytes']:,} bytes): {result['trainable_parameters']:,} trainable "
+               f"parameters in {result['targets']} adapters on a frozen base of {result['base_parameters']:,}")
+
+
 def _add_recording_commands() -> None:
     """record and replay live in their own module (mclstudio.cli.recording_commands)."""
     from mclstudio.cli.recording_commands import record, replay
@@ -202,13 +250,14 @@ _add_recording_commands()
 @click.option("--record-dir", default=".", show_default=True, help="Where r (record) and exports write.")
 @click.option("--play", is_flag=True, help="Skip the picker and start playing the default episode.")
 @precision_option
+@adapter_option
 def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: int, seed: int,
-                 noise: float, device: str, record_dir: str, play: bool, precision: str) -> None:
+                 noise: float, device: str, record_dir: str, play: bool, precision: str, adapters: tuple[str, ...]) -> None:
     """Open the live studio (a Textual app) on one or more checkpoints."""
     from mclstudio.tui.cli import open_studio
 
     open_studio(checkpoints, dataset=dataset, split=split, tasks=tasks, shots=shots, seed=seed, noise=noise,
-                device=device, record_dir=record_dir, play=play, precision=precision)
+                device=device, record_dir=record_dir, play=play, precision=precision, adapters=adapters)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Options shared by several commands."""
+"""Click options shared by several commands."""
 
 from __future__ import annotations
 
@@ -26,3 +26,10 @@ def precision_option(f: F) -> F:
         "--precision", default="fp32", show_default=True, metavar="|".join(PRECISIONS), callback=_precision_name,
         help="fp32, or bf16/fp16 mixed precision (torch.autocast: weights and accumulating states stay fp32).",
     )(f)
+
+
+adapter_option = click.option(
+    "--adapter", "adapters", multiple=True, metavar="FILE",
+    help="An adapter file (from `mclstudio adapt`) to apply on top of the checkpoint it was trained on "
+         "(repeatable; each goes to the first matching checkpoint without one).",
+)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mclstudio.cli.options import precision_option
+from mclstudio.cli.options import adapter_option, precision_option
 from mclstudio.engine.stream import EVAL_MODES, ROWS_MODES, EngineConfig
 from mclstudio.formatting import format_bytes
 
@@ -32,18 +32,20 @@ from mclstudio.formatting import format_bytes
               help="Association maps (first query of every task) at task ends or after every step.")
 @click.option("-o", "--out", default="run.h5", show_default=True, help="The recording (HDF5) to write.")
 @precision_option
+@adapter_option
 def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: int, test_shots: int, seed: int,
-           noise: float, split: str, dataset: str, eval_every: str, rows_every: str, out: str, precision: str) -> None:
+           noise: float, split: str, dataset: str, eval_every: str, rows_every: str, out: str, precision: str,
+           adapters: tuple[str, ...]) -> None:
     """Stream episodes through one or more checkpoints in lock-step and record everything to HDF5."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mclstudio.data.episodes import EpisodeSpec
     from mclstudio.precision import check_precision
     from mclstudio.recording.session import default_rows_queries, record_session
-    from mclstudio.training.checkpoint import load_checkpoint
+    from mclstudio.training.adapters import load_learners
 
     check_precision(precision, "cpu")  # record runs on the CPU
-    loaded = [load_checkpoint(c) for c in checkpoints]
+    loaded = load_learners(checkpoints, adapters)
     vocab = min(c.learner.config.y_vocab for c in loaded)
     spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=shots, test_shots=test_shots,
                        seed=seed, noise_std=noise, num_codes=vocab)

@@ -543,13 +543,47 @@ class SineSource(EpisodeSource):
         )
 
 
+# Shifted domains: a fixed pixel transform of an image dataset, "<dataset>:<shift>". Classes, samples
+# and the meta-train/meta-test split stay those of the dataset; only the pixels change.
+DOMAIN_SHIFTS = ("inverted", "noisy")
+NOISY_STD = 64.0  # uint8 units (0.5 after scaling to [-1, 1])
+NOISY_SEED = 0
+
+
+def shifted_images(images: Tensor, shift: str) -> Tensor:
+    """(P, C, H, W) uint8 -> the same pool under a domain shift (uint8 again).
+
+    inverted: 255 - x (Omniglot-mini's light strokes on black become black strokes on white).
+    noisy: x + N(0, NOISY_STD) drawn once from a CPU generator seeded NOISY_SEED, rounded and clipped
+    to 0..255, so a sample always carries the same noise (unlike ``noise_std``, drawn per episode).
+    """
+    if shift == "inverted":
+        return 255 - images
+    if shift == "noisy":
+        gen = torch.Generator().manual_seed(NOISY_SEED)
+        noise = torch.randn(images.shape, generator=gen) * NOISY_STD
+        return (images.float() + noise).round_().clamp_(0, 255).to(torch.uint8)
+    raise DataError(f"unknown domain shift {shift!r}; choose one of {', '.join(DOMAIN_SHIFTS)}")
+
+
+def _shifted_source(source: EpisodeSource, shift: str) -> ImageSource:
+    """A copy of an image source with its pool under ``shift`` and the name "<name>:<shift>"."""
+    if not isinstance(source, ImageSource):
+        raise DataError(f"{source.name} is not an image dataset; the shifts {', '.join(DOMAIN_SHIFTS)} need images")
+    shifted = copy.copy(source)
+    shifted.name = f"{source.name}:{shift}"
+    shifted.images = shifted_images(source.images.cpu(), shift).to(source.device)
+    return shifted
+
+
 _CACHE: dict[tuple[str, str | None, int | None], EpisodeSource] = {}
 
 
 def get_source(
     dataset: str, root: str | None = None, download: bool = False, channels: int | None = None
 ) -> EpisodeSource:
-    """The (cached, CPU) source for ``dataset``: "omniglot-mini", "sine" or "torchvision:<Name>".
+    """The (cached, CPU) source for ``dataset``: "omniglot-mini", "sine" or "torchvision:<Name>", or an
+    image dataset under a domain shift, "<dataset>:inverted" or "<dataset>:noisy" (see ``shifted_images``).
 
     root: folder for torchvision datasets (default $MCLSTUDIO_DATA or ~/.cache/mclstudio/data).
     download: let torchvision fetch a missing dataset. channels: 1 or 3 to convert images to
@@ -557,8 +591,14 @@ def get_source(
     """
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1 or 3, not {channels}")
+    base, _, shift = dataset.rpartition(":")
+    if base and shift in DOMAIN_SHIFTS:
+        key: tuple[str, str | None, int | None] = (dataset, root, channels)
+        if key not in _CACHE:
+            _CACHE[key] = _shifted_source(get_source(base, root, download, channels), shift)
+        return _CACHE[key]
     if dataset == "omniglot-mini":
-        key: tuple[str, str | None, int | None] = (dataset, None, channels)
+        key = (dataset, None, channels)
         make = lambda: OmniglotMini(channels)  # noqa: E731
     elif dataset == "sine":
         if channels is not None:
@@ -571,7 +611,10 @@ def get_source(
         key = (dataset, root, channels)
         make = lambda: TorchvisionSource(name, root, download=download, channels=channels)  # noqa: E731
     else:
-        raise DataError(f"unknown dataset {dataset!r}; choose omniglot-mini, sine or torchvision:<Name>")
+        raise DataError(
+            f"unknown dataset {dataset!r}; choose omniglot-mini, sine or torchvision:<Name>, "
+            f"optionally followed by :{' or :'.join(DOMAIN_SHIFTS)} for an image dataset"
+        )
     if key not in _CACHE:
         _CACHE[key] = make()  # a failed load raises and caches nothing
     return _CACHE[key]

@@ -45,15 +45,20 @@ class LearnerIdentity:
     sha256: str
     config: dict[str, Any]
     parameters: int = 0
+    adapter_path: str = ""  # the adapter file applied on top of the checkpoint, "" for none
+    adapter_sha256: str = ""
 
     def attrs(self) -> dict[str, Any]:
-        return {
+        attrs: dict[str, Any] = {
             "checkpoint_path": self.checkpoint_path,
             "checkpoint_sha256": self.sha256,
             "config_json": json.dumps(self.config, sort_keys=True),
             "model": str(self.config.get("model", "")),
             "parameters": self.parameters,
         }
+        if self.adapter_path:  # only when there is one, so files without adapters are as before
+            attrs.update(adapter_path=self.adapter_path, adapter_sha256=self.adapter_sha256)
+        return attrs
 
     @staticmethod
     def from_attrs(name: str, attrs: Any) -> LearnerIdentity:
@@ -63,6 +68,8 @@ class LearnerIdentity:
             sha256=str(attrs["checkpoint_sha256"]),
             config=json.loads(str(attrs["config_json"])),
             parameters=int(attrs.get("parameters", 0)),
+            adapter_path=str(attrs.get("adapter_path", "")),
+            adapter_sha256=str(attrs.get("adapter_sha256", "")),
         )
 
 

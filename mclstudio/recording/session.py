@@ -15,7 +15,8 @@ from mclstudio.engine.stream import EngineConfig, EpisodeTrace, Snapshot, run_ep
 from mclstudio.learners.base import Learner
 from mclstudio.metrics import mean_ci95, mean_forgetting, seen_task_accuracy
 from mclstudio.recording.hdf5 import LearnerIdentity, RecordedEpisode, Recording, RecordingError, RecordingWriter
-from mclstudio.training.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
+from mclstudio.training.adapters import load_learners
+from mclstudio.training.checkpoint import Checkpoint, CheckpointError, file_sha256
 
 
 def learner_names(checkpoints: list[Checkpoint]) -> list[str]:
@@ -31,7 +32,7 @@ def learner_names(checkpoints: list[Checkpoint]) -> list[str]:
 
 def identity(name: str, ckpt: Checkpoint) -> LearnerIdentity:
     return LearnerIdentity(name, str(ckpt.path), ckpt.sha256, ckpt.learner.config.to_dict(),
-                           ckpt.learner.num_parameters())
+                           ckpt.learner.num_parameters(), str(ckpt.adapter_path or ""), ckpt.adapter_sha256 or "")
 
 
 def default_rows_queries(spec: EpisodeSpec) -> tuple[int, ...]:
@@ -88,15 +89,16 @@ def rerun(recording: Recording, learners: list[tuple[str, Learner]]) -> list[dic
     return [run_episode(learners, rebuild_episode(ep), recording.engine_config) for ep in recording.episodes]
 
 
-def resolve_checkpoint(recorded: str, recording_path: Path) -> Path:
-    """The recorded checkpoint path as given, else relative to the recording's folder and its parent."""
+def resolve_checkpoint(recorded: str, recording_path: Path, what: str = "checkpoint") -> Path:
+    """A recorded checkpoint (or adapter) path as given, else relative to the recording's folder and its
+    parent."""
     candidates = [Path(recorded)]
     if not Path(recorded).is_absolute():
         candidates += [recording_path.parent / recorded, recording_path.parent.parent / recorded]
     for c in candidates:
         if c.is_file():
             return c
-    raise RecordingError(f"checkpoint {recorded} recorded in {recording_path.name} is missing; --verify needs it")
+    raise RecordingError(f"{what} {recorded} recorded in {recording_path.name} is missing; --verify needs it")
 
 
 @dataclass
@@ -115,16 +117,20 @@ def verify(recording: Recording) -> VerifyReport:
     report = VerifyReport()
     learners: list[tuple[str, Learner]] = []
     for ident in recording.learners:
-        path = resolve_checkpoint(ident.checkpoint_path, recording.path)
-        sha = file_sha256(path)
-        if sha != ident.sha256:
-            report.mismatches.append(
-                f"{ident.name}: checkpoint {path} has sha256 {sha[:12]}..., recorded {ident.sha256[:12]}..."
-            )
+        files = [(resolve_checkpoint(ident.checkpoint_path, recording.path), ident.sha256, "checkpoint")]
+        if ident.adapter_path:
+            files.append((resolve_checkpoint(ident.adapter_path, recording.path, "adapter"), ident.adapter_sha256, "adapter"))
+        for path, recorded_sha, what in files:
+            sha = file_sha256(path)
+            if sha != recorded_sha:
+                report.mismatches.append(
+                    f"{ident.name}: {what} {path} has sha256 {sha[:12]}..., recorded {recorded_sha[:12]}..."
+                )
         try:
-            learners.append((ident.name, load_checkpoint(path).learner))
+            [ckpt] = load_learners([str(files[0][0])], [str(f[0]) for f in files[1:]])
         except CheckpointError as exc:
             raise RecordingError(f"{ident.name}: {exc}") from None
+        learners.append((ident.name, ckpt.learner))
     for rec, traces in zip(recording.episodes, rerun(recording, learners)):
         for name, trace in traces.items():
             old = rec.traces[name]

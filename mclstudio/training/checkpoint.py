@@ -23,6 +23,7 @@ from mclstudio.learners.registry import build_learner, config_from_dict
 
 FORMAT = "mclstudio-checkpoint"
 FORMAT_VERSION = 1
+ADAPTER_FORMAT = "mclstudio-adapter"  # adapter files (mclstudio.training.adapters)
 
 
 class CheckpointError(Exception):
@@ -31,15 +32,21 @@ class CheckpointError(Exception):
 
 @dataclass
 class Checkpoint:
+    """A loaded checkpoint. adapter_path / adapter_sha256: the adapter file applied on top of it, if any
+    (mclstudio.training.adapters.load_learners); its learner then holds the adapted weights."""
+
     learner: Learner
     metadata: dict[str, Any]
     path: Path
     sha256: str
     training_state: dict[str, Any] | None = None
+    adapter_path: Path | None = None
+    adapter_sha256: str | None = None
 
     @property
     def name(self) -> str:
-        return self.path.stem
+        """The file stem, e.g. "mamba", or "mamba+<adapter stem>" with an adapter applied."""
+        return self.path.stem if self.adapter_path is None else f"{self.path.stem}+{self.adapter_path.stem}"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -84,17 +91,16 @@ def save_checkpoint(
     os.replace(tmp, path)
 
 
-def load_checkpoint(
-    path: str | Path, device: str | torch.device = "cpu", with_training_state: bool = False
-) -> Checkpoint:
-    """Load a checkpoint safely (weights_only). Raises CheckpointError with a one-line reason."""
+def read_safely(path: str | Path, what: str, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict in a torch.save file, loaded with weights_only (no arbitrary unpickling). ``what`` names the
+    kind of file in the one-line CheckpointError: "checkpoint" or "adapter"."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{what} not found: {path}")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint path is a folder, not a file: {path}")
+        raise CheckpointError(f"{what} path is a folder, not a file: {path}")
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a torch.save archive)")
+        raise CheckpointError(f"{path} is not a readable PyTorch {what} (not a torch.save archive)")
     try:
         raw = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -103,8 +109,21 @@ def load_checkpoint(
             f"{path} needs arbitrary unpickling, which mclstudio refuses for safety ({first[:120]})"
         ) from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a readable PyTorch {what} ({type(exc).__name__})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} is not an mclstudio {what} (it holds a {type(raw).__name__})")
+    return raw
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", with_training_state: bool = False
+) -> Checkpoint:
+    """Load a checkpoint safely (weights_only). Raises CheckpointError with a one-line reason."""
+    path = Path(path)
+    raw = read_safely(path, "checkpoint", device)
+    if raw.get("format") == ADAPTER_FORMAT:
+        raise CheckpointError(f"{path} is an adapter, not a checkpoint; apply it to its base with --adapter")
+    if raw.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mclstudio checkpoint (no '{FORMAT}' format tag)")
     if raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from mclstudio.data import EpisodeSpec, ImageSource, get_source
+from mclstudio.data import Episode, EpisodeSpec, ImageSource, get_source
 from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.metrics import episode_accuracy, episode_mse
@@ -96,6 +96,90 @@ class TrainLog:
     accuracy: float  # query accuracy, or -MSE for regression
     episodes_per_s: float
     lr: float
+
+
+@dataclass
+class StepStats:
+    """One optimisation step's losses and its mean query score (accuracy, or -MSE for regression)."""
+
+    loss: float
+    task_loss: float
+    slct_loss: float
+    score: float
+
+
+class LogWindow:
+    """Sums StepStats over the steps since the last log and turns them into a TrainLog."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums = StepStats(0.0, 0.0, 0.0, 0.0)
+        self.count = 0
+        self.tick = time.perf_counter()
+
+    def add(self, stats: StepStats) -> None:
+        for name in ("loss", "task_loss", "slct_loss", "score"):
+            setattr(self.sums, name, getattr(self.sums, name) + getattr(stats, name))
+        self.count += 1
+
+    def flush(self, step: int, steps: int, episodes_per_step: int, lr: float) -> TrainLog:
+        """The means since the last flush (or creation), then start a new window."""
+        n = max(self.count, 1)
+        elapsed = time.perf_counter() - self.tick
+        log = TrainLog(
+            step=step, steps=steps, loss=self.sums.loss / n, task_loss=self.sums.task_loss / n,
+            slct_loss=self.sums.slct_loss / n, accuracy=self.sums.score / n,
+            episodes_per_s=self.count * episodes_per_step / max(elapsed, 1e-9), lr=lr,
+        )
+        self._reset()
+        return log
+
+
+def meta_train_step(
+    model: torch.nn.Module,
+    ep: Episode,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    params: list[torch.nn.Parameter],
+    slct_lambda: float,
+    grad_clip: float,
+    use_amp: bool,
+    table: torch.Tensor | None = None,
+    step: int = 0,
+) -> StepStats:
+    """One step on a batch of episodes: CE (or MSE) on the queries + slct_lambda * l_slct, backward, clip
+    ``params``' gradient norm, optimizer and schedule step. ``table`` (P, d_model): look the inputs up as
+    already-embedded samples (a frozen encoder's pool) instead of running the encoder."""
+    if table is not None:
+        stream_x, query_x = table[ep.train_sample_ids.flatten(1)], table[ep.test_sample_ids.flatten(1)]
+    else:
+        stream_x, query_x = ep.stream_x, ep.query_x
+    with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
+        logits, rows = model(stream_x, ep.stream_y, query_x, with_rows=slct_lambda > 0, embedded=table is not None)
+        loss_task = task_loss(logits, ep.query_y)
+        loss_slct = selectivity_kl(rows, ep.stream_task, ep.query_task) if rows is not None else loss_task.new_zeros(())
+        loss = loss_task + slct_lambda * loss_slct
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at step {step}; try a lower --lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    schedule.step()
+    with torch.no_grad():
+        score = -episode_mse(logits, ep.query_y) if ep.query_y.is_floating_point() else episode_accuracy(logits, ep.query_y)
+    return StepStats(loss.item(), loss_task.item(), loss_slct.item(), score.mean().item())
+
+
+def warmup_halving_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, halve_every: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then Lee et al.'s schedule: halve the learning rate every ``halve_every`` steps."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 ** (s // halve_every)
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -181,11 +265,7 @@ def train(
     source.episode(base_spec)  # fail early (too many tasks, too few samples) before any training
 
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
-    # Linear warm-up, then Lee et al.'s schedule: halve the learning rate every lr_halve_every steps.
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * 0.5 ** (s // cfg.lr_halve_every),
-    )
+    schedule = warmup_halving_schedule(optimizer, cfg.warmup_steps, cfg.lr_halve_every)
     start_step = 0
     previous_metrics: dict[str, Any] = {}
     out = Path(cfg.out)
@@ -221,10 +301,8 @@ def train(
             find_unused_parameters=frozen_table is not None,
         )
     use_amp = cfg.amp and device.type == "cuda"
-    regression = learner.config.is_regression
-    window: dict[str, float] = {"loss": 0.0, "task": 0.0, "slct": 0.0, "acc": 0.0, "n": 0}
+    window = LogWindow()
     last_log: TrainLog | None = None
-    tick = time.perf_counter()
 
     def metadata(step: int) -> dict[str, Any]:
         return {
@@ -257,48 +335,16 @@ def train(
         if frozen_table is not None and step >= cfg.frozen_encoder_steps:
             frozen_table = None
             learner.embedding.x_encoder.requires_grad_(True)
-        if frozen_table is not None:
-            stream_x = frozen_table[ep.train_sample_ids.flatten(1)]
-            query_x = frozen_table[ep.test_sample_ids.flatten(1)]
-        else:
-            stream_x, query_x = ep.stream_x, ep.query_x
-        with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
-            logits, rows = model(
-                stream_x, ep.stream_y, query_x, with_rows=cfg.slct_lambda > 0, embedded=frozen_table is not None
-            )
-            loss_task = task_loss(logits, ep.query_y)
-            loss_slct = (
-                selectivity_kl(rows, ep.stream_task, ep.query_task) if rows is not None else loss_task.new_zeros(())
-            )
-            loss = loss_task + cfg.slct_lambda * loss_slct
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; try a lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(learner.parameters(), cfg.grad_clip)
-        optimizer.step()
-        schedule.step()
-
-        with torch.no_grad():
-            score = -episode_mse(logits, ep.query_y) if regression else episode_accuracy(logits, ep.query_y)
-        window["loss"] += loss.item()
-        window["task"] += loss_task.item()
-        window["slct"] += loss_slct.item()
-        window["acc"] += score.mean().item()
-        window["n"] += 1
+        stats = meta_train_step(
+            model, ep, optimizer, schedule, list(learner.parameters()), cfg.slct_lambda, cfg.grad_clip, use_amp,
+            frozen_table, step,
+        )
+        window.add(stats)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            elapsed = time.perf_counter() - tick
-            n = window["n"]
-            last_log = TrainLog(
-                step=done, steps=cfg.steps, loss=window["loss"] / n, task_loss=window["task"] / n,
-                slct_loss=window["slct"] / n, accuracy=window["acc"] / n,
-                episodes_per_s=n * cfg.batch_size * world / max(elapsed, 1e-9), lr=schedule.get_last_lr()[0],
-            )
+            last_log = window.flush(done, cfg.steps, cfg.batch_size * world, schedule.get_last_lr()[0])
             if on_log is not None and rank == 0:
                 on_log(last_log)
-            window = dict.fromkeys(window, 0.0)
-            tick = time.perf_counter()
         if done % cfg.checkpoint_every == 0 and done != cfg.steps:
             checkpoint(done)
         if cfg.max_minutes > 0 and _out_of_time(started, cfg.max_minutes, world, device):

@@ -9,7 +9,7 @@ from pathlib import Path
 from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.precision import check_precision
 from mclstudio.recording.hdf5 import read_recording
-from mclstudio.training.checkpoint import load_checkpoint
+from mclstudio.training.adapters import load_learners
 from mclstudio.training.trainer import resolve_device
 from mclstudio.tui.app import StudioApp
 from mclstudio.tui.feeds import LiveFeed, ReplayFeed
@@ -18,11 +18,12 @@ from mclstudio.tui.feeds import LiveFeed, ReplayFeed
 def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omniglot-mini", split: str = "test",
                    tasks: int = 20, shots: int = 5, seed: int = 0, noise: float = 0.0, device: str = "auto",
                    record_dir: str | Path = ".", play: bool = False, show_timing: bool = True,
-                   precision: str = "fp32") -> StudioApp:
-    """Load the checkpoints (on the GPU when there is one) and check the default episode; the app."""
+                   precision: str = "fp32", adapters: tuple[str, ...] | list[str] = ()) -> StudioApp:
+    """Load the checkpoints (on the GPU when there is one), apply any adapters and check the default
+    episode; the app."""
     dev = resolve_device(device)
     check_precision(precision, dev)
-    loaded = [load_checkpoint(path, device=dev) for path in checkpoints]
+    loaded = load_learners(checkpoints, adapters, device=dev)
     spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=shots, seed=seed, noise_std=noise)
     LiveFeed(loaded, spec)  # raises on a spec the learners or the dataset cannot serve
     if not Path(record_dir).is_dir():

@@ -1,0 +1,121 @@
+"""Parameter-efficient adaptation of the shipped learners to a shifted domain, measured on the CPU.
+
+For each model: `mclstudio adapt` (the same function) trains low-rank adapters on the frozen shipped
+checkpoint on the shifted domain's meta-train split; then the base and the adapted learner are meta-tested
+(the "trained" setting of `mclstudio eval`: 20 tasks x 5 shots, the same evaluation seeds) on the shifted
+domain's meta-test split and on the original domain's. Results are merged into the JSON file (one entry
+per model, domain, rank and target set), so models can be run one at a time:
+
+    python benchmarks/adapt_cpu.py --model mamba --dataset omniglot-mini:inverted --rank 4 --steps 300
+
+Equivalent commands: `mclstudio adapt checkpoints/mamba.pt --dataset omniglot-mini:inverted --rank 4
+--alpha 8 --steps 300`, then `mclstudio eval checkpoints/mamba.pt [--adapter FILE] --episodes 256
+--domain omniglot-mini:inverted` (its "trained" and "domain" rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from streaming import device_info  # noqa: E402
+
+from mclstudio.data import get_source  # noqa: E402
+from mclstudio.training.adapt import AdaptConfig, adapt, default_adapter_path  # noqa: E402
+from mclstudio.training.adapters import load_learners  # noqa: E402
+from mclstudio.training.evaluate import Setting, evaluate_setting, trained_spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def meta_test(ckpt, dataset: str, episodes: int) -> dict[str, float]:
+    """The `mclstudio eval` trained setting of ``ckpt`` on ``dataset``'s meta-test split."""
+    base = trained_spec(ckpt.metadata, ckpt.learner.config.y_vocab)
+    r = evaluate_setting(ckpt.learner, get_source(dataset), Setting(dataset, replace(base, dataset=dataset)), episodes)
+    return {"accuracy": r.mean, "ci95": r.ci95, "episodes": r.episodes, "episodes_per_s": r.episodes_per_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dataset", default="omniglot-mini:inverted")
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=8.0)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ssm", action="store_true")
+    parser.add_argument("--encoder", action="store_true")
+    parser.add_argument("--episodes", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adapt_cpu.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    checkpoint = ROOT / "checkpoints" / f"{args.model}.pt"
+    suffix = "-ssm" if args.ssm else ""
+    suffix += "-encoder" if args.encoder else ""
+    adapter_path = default_adapter_path(checkpoint, args.dataset, args.rank)
+    adapter_path = adapter_path.with_name(adapter_path.stem + suffix + ".pt")
+    cfg = AdaptConfig(
+        checkpoint=str(checkpoint), dataset=args.dataset, rank=args.rank, alpha=args.alpha, ssm=args.ssm,
+        encoder=args.encoder, steps=args.steps, batch_size=args.batch_size, lr=args.lr, device="cpu",
+        out=str(adapter_path),
+    )
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    logs = []
+    result = adapt(cfg, on_log=lambda log: (logs.append(log.__dict__), print(log, file=sys.stderr, flush=True)))
+    adapt_s = time.perf_counter() - started
+
+    original = get_source("omniglot-mini").name
+    [base] = load_learners([str(checkpoint)])
+    [adapted] = load_learners([str(checkpoint)], [str(adapter_path)])
+    accuracy = {}
+    for label, ckpt in (("base", base), ("adapted", adapted)):
+        for domain in (args.dataset, original):
+            accuracy[f"{label} on {domain}"] = meta_test(ckpt, domain, args.episodes)
+            print(label, domain, accuracy[f"{label} on {domain}"], file=sys.stderr, flush=True)
+
+    entry = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "rank": args.rank,
+        "alpha": args.alpha,
+        "targets": "sequence" + (" + dt_proj" if args.ssm else "") + (" + encoder" if args.encoder else ""),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "adapter": str(adapter_path.relative_to(ROOT)),
+        "adapter_bytes": result["bytes"],
+        "trainable_parameters": result["trainable_parameters"],
+        "base_parameters": result["base_parameters"],
+        "adapt_seconds": adapt_s,
+        "adapt_log": logs,
+        "load_average_at_start": load_before,
+        "meta_test": accuracy,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(args.out)
+    doc = json.loads(out.read_text()) if out.exists() else {"benchmark": "adapt_cpu", "runs": []}
+    doc.update(device_info())
+    doc["note"] = ("2-core CPU shared with other jobs: wall times and episodes/s are upper bounds of the cost, "
+                   "accuracies are unaffected")
+    key = (entry["model"], entry["dataset"], entry["rank"], entry["targets"])
+    doc["runs"] = [r for r in doc["runs"] if (r["model"], r["dataset"], r["rank"], r["targets"]) != key] + [entry]
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in entry.items() if k != "adapt_log"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
