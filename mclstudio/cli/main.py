@@ -62,6 +62,7 @@ def _learner_overrides(**kw: Any) -> dict[str, Any]:
 @click.option("--frozen-encoder-steps", default=0, show_default=True,
               help="Meta-train this many steps with the (pre-trained) encoder frozen before joint training.")
 @click.option("--max-minutes", default=0.0, show_default=True, help="Stop (with a checkpoint) after this long; 0 = no limit.")
+@click.option("--log-file", default=None, help="Also append every log as a JSON line here (full precision).")
 @click.option("--d-model", type=int, default=None)
 @click.option("--layers", type=int, default=None)
 @click.option("--d-state", type=int, default=None, help="Mamba state size.")
@@ -74,6 +75,8 @@ def _learner_overrides(**kw: Any) -> dict[str, Any]:
 def train(**kw: Any) -> None:
     """Meta-train a learner on the meta-train split."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from dataclasses import asdict
 
     from mclstudio.training.trainer import TrainConfig, TrainLog
     from mclstudio.training.trainer import train as run_training
@@ -96,7 +99,12 @@ def train(**kw: Any) -> None:
     )
     bar = progress.add_task(f"train {cfg.model}", total=cfg.steps, stats="")
 
+    log_file = open(kw["log_file"], "a") if kw["log_file"] else None  # noqa: SIM115 (closed below)
+
     def on_log(log: TrainLog) -> None:
+        if log_file is not None:
+            log_file.write(json.dumps(asdict(log)) + "\n")
+            log_file.flush()
         stats = (f"loss {log.loss:.3f} (ce {log.task_loss:.3f} slct {log.slct_loss:.3f}) "
                  f"acc {log.accuracy:.3f} {log.episodes_per_s:.0f} ep/s")
         progress.update(bar, completed=log.step, stats=stats)
@@ -107,8 +115,12 @@ def train(**kw: Any) -> None:
         click.echo(f"encoder pre-training {step}/{cfg.pretrain_steps}: loss {loss:.3f} accuracy {accuracy:.3f}",
                    err=True)
 
-    with progress:
-        final = run_training(cfg, on_log, on_pretrain_log)
+    try:
+        with progress:
+            final = run_training(cfg, on_log, on_pretrain_log)
+    finally:
+        if log_file is not None:
+            log_file.close()
     click.echo(f"saved {cfg.out} after {final.get('step', cfg.steps)} steps: " + ", ".join(
         f"{k} {v:.4g}" for k, v in final.items() if k in ("loss", "accuracy", "episodes_per_s")))
 

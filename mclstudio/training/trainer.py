@@ -124,6 +124,15 @@ class LogWindow:
             setattr(self.sums, name, getattr(self.sums, name) + getattr(stats, name))
         self.count += 1
 
+    def average_over_ranks(self, device: torch.device) -> None:
+        """Under DDP: replace this rank's sums by the mean over all ranks (every rank must call it at the
+        same step), so a log reports the global batch, as one process with that batch would."""
+        sums = [self.sums.loss, self.sums.task_loss, self.sums.slct_loss, self.sums.score]
+        buffer = torch.tensor(sums, dtype=torch.float64, device=device)
+        dist.all_reduce(buffer)
+        buffer /= dist.get_world_size()
+        self.sums = StepStats(*buffer.tolist())
+
     def flush(self, step: int, steps: int, episodes_per_step: int, lr: float) -> TrainLog:
         """The means since the last flush (or creation), then start a new window."""
         n = max(self.count, 1)
@@ -342,6 +351,8 @@ def train(
         window.add(stats)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
+            if world > 1:
+                window.average_over_ranks(device)
             last_log = window.flush(done, cfg.steps, cfg.batch_size * world, schedule.get_last_lr()[0])
             if on_log is not None and rank == 0:
                 on_log(last_log)

@@ -1,0 +1,126 @@
+"""DDP meta-training against one process with the same global batch (issue 7's check).
+
+Runs ``mclstudio train`` twice with the same seed and settings: once as one process with a batch of
+P x B episodes, once under torchrun as P processes of B episodes each. The trainer gives rank r of step s
+exactly the episodes that the single process draws at positions r*B .. r*B+B-1 of that step, and DDP
+averages the ranks' gradients, so the two runs take the same optimisation steps up to floating-point
+summation order. The check compares the logged loss curves (``--log-file``: global means over all
+ranks, full precision) and the episodes/s. The first step must agree exactly (same episodes, same
+weights); later steps drift apart as rounding differences get amplified by Adam (its update divides by
+the root of tiny second moments), so the curve is compared step by step for the first few steps and by
+its mean over the second half. Encoder pre-training is left off: it runs per rank before DDP wraps the model.
+
+    python benchmarks/ddp_check.py --device cpu --procs 2 --out benchmarks/results/ddp_cpu.json
+    python benchmarks/ddp_check.py --device cuda --procs 2 --model mamba --d-model 256 --layers 12 \\
+        --batch-size 32 --steps 300 --out benchmarks/results/ddp_h200x2.json     # on nvidia-h200-x2
+
+Writes JSON naming the device; exits 1 if the curves differ beyond the tolerances.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+def train_command(args: argparse.Namespace, batch: int, out: Path) -> list[str]:
+    cmd = ["-m", "mclstudio", "train", "--model", args.model, "--device", args.device, "--tasks", str(args.tasks),
+           "--shots", str(args.shots), "--test-shots", str(args.shots), "--steps", str(args.steps),
+           "--batch-size", str(batch), "--lr", str(args.lr), "--warmup", "10", "--slct-lambda", "0.5",
+           "--d-model", str(args.d_model), "--layers", str(args.layers), "--encoder-channels", str(args.encoder_channels),
+           "--y-vocab", "100", "--log-every", "1", "--checkpoint-every", str(10 * args.steps), "--seed", "0",
+           "-o", str(out), "--log-file", str(out.with_suffix(".jsonl"))]
+    if args.model not in ("mamba", "longhorn"):
+        cmd += ["--heads", "4", "--d-ff", str(2 * args.d_model)]
+    return cmd
+
+
+def run(cmd: list[str], procs: int, threads: int, log_file: Path) -> tuple[list[dict], float]:
+    """Run a training command (under torchrun when procs > 1); its per-step logs and wall seconds."""
+    launcher = [sys.executable]
+    if procs > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_port=29541"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    proc = subprocess.run(launcher + cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"error: training failed ({' '.join(cmd[:6])} ...):\n{proc.stderr[-1500:]}")
+    return [json.loads(line) for line in log_file.read_text().splitlines()], seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL)")
+    parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--model", default="mamba")
+    parser.add_argument("--d-model", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--encoder-channels", type=int, default=16)
+    parser.add_argument("--tasks", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4, help="episodes per process")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--early-steps", type=int, default=5, help="steps compared one by one")
+    parser.add_argument("--early-tolerance", type=float, default=1e-4, help="max relative loss difference there")
+    parser.add_argument("--curve-tolerance", type=float, default=0.02,
+                        help="max relative difference of the second half's mean loss")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if args.procs < 2:
+        sys.exit("error: --procs must be at least 2")
+    if args.device.startswith("cuda") and torch.cuda.device_count() < args.procs:
+        sys.exit(f"error: {args.procs} processes need {args.procs} GPUs; this machine has {torch.cuda.device_count()}")
+    cores = os.cpu_count() or 1
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        one, many = Path(tmp) / "one.pt", Path(tmp) / "ddp.pt"
+        single, single_s = run(train_command(args, args.procs * args.batch_size, one), 1, cores, one.with_suffix(".jsonl"))
+        ddp, ddp_s = run(train_command(args, args.batch_size, many), args.procs, max(1, cores // args.procs),
+                         many.with_suffix(".jsonl"))
+    if len(single) != args.steps or len(ddp) != args.steps:
+        sys.exit(f"error: expected {args.steps} log lines, got {len(single)} and {len(ddp)}")
+    diffs = [abs(a["loss"] - b["loss"]) / max(abs(a["loss"]), 1e-12) for a, b in zip(single, ddp)]
+    tail = slice(args.steps // 2, None)  # steady state: after warm-up and first-step overheads
+
+    def mean(logs: list[dict], key: str) -> float:
+        return sum(x[key] for x in logs[tail]) / len(logs[tail])
+
+    curve_diff = abs(mean(single, "loss") - mean(ddp, "loss")) / abs(mean(single, "loss"))
+    ok = diffs[0] == 0.0 and max(diffs[: args.early_steps]) <= args.early_tolerance and curve_diff <= args.curve_tolerance
+    report = {
+        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {cores} cores)",
+        "torch": torch.__version__,
+        "settings": vars(args),
+        "global_batch": args.procs * args.batch_size,
+        "first_step_relative_loss_difference": diffs[0],
+        "early_steps_max_relative_loss_difference": max(diffs[: args.early_steps]),
+        "all_steps_max_relative_loss_difference": max(diffs),
+        "second_half_mean_loss": {"single": mean(single, "loss"), "ddp": mean(ddp, "loss")},
+        "second_half_mean_loss_relative_difference": curve_diff,
+        "final_loss": {"single": single[-1]["loss"], "ddp": ddp[-1]["loss"]},
+        "episodes_per_s_second_half": {"single": mean(single, "episodes_per_s"), "ddp": mean(ddp, "episodes_per_s")},
+        "scaling": mean(ddp, "episodes_per_s") / mean(single, "episodes_per_s"),
+        "load_average_before_after": [load_before, os.getloadavg()[0]],
+        "wall_seconds": {"single": single_s, "ddp": ddp_s},
+        "curves": {"single": single, "ddp": ddp},
+        "ok": ok,
+    }
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(json.dumps({k: v for k, v in report.items() if k != "curves"}, indent=2))
+    sys.exit(0 if report["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
