@@ -47,7 +47,7 @@ from mclstudio.tui.headless import start_live, wait_until
 from mclstudio.tui.screens import LiveScreen
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = [str(ROOT / "checkpoints" / f"{m}.pt") for m in ("mamba", "transformer", "linear_transformer", "performer")]
+DEFAULT = [str(ROOT / "checkpoints" / f"{m}.pt") for m in ("mamba", "transformer", "linear_transformer", "performer", "longhorn")]
 
 
 def cpu_seconds() -> tuple[float, float]:
