@@ -17,7 +17,7 @@ from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.training.adapters import AdapterError, load_adapter, load_learners
 from mclstudio.training.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from mclstudio.training.trainer import meta_train_step, warmup_halving_schedule
-from tests.learner_helpers import inputs, stream_recurrently
+from learner_helpers import inputs, stream_recurrently
 
 TINY = {"d_model": 16, "n_layers": 1, "encoder_channels": 8, "y_vocab": 12}
 EPISODE = ["--tasks", "3", "--shots", "1", "--test-shots", "1"]
