@@ -61,8 +61,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adapt_cpu.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    out = Path(args.out).resolve()
+    os.chdir(ROOT)  # relative paths in the adapter files and the results
 
-    checkpoint = ROOT / "checkpoints" / f"{args.model}.pt"
+    checkpoint = Path("checkpoints") / f"{args.model}.pt"
     suffix = "-ssm" if args.ssm else ""
     suffix += "-encoder" if args.encoder else ""
     adapter_path = default_adapter_path(checkpoint, args.dataset, args.rank)
@@ -96,7 +98,7 @@ def main() -> None:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
-        "adapter": str(adapter_path.relative_to(ROOT)),
+        "adapter": str(adapter_path),
         "adapter_bytes": result["bytes"],
         "trainable_parameters": result["trainable_parameters"],
         "base_parameters": result["base_parameters"],
@@ -106,7 +108,6 @@ def main() -> None:
         "meta_test": accuracy,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {"benchmark": "adapt_cpu", "runs": []}
     doc.update(device_info())
     doc["note"] = ("2-core CPU shared with other jobs: wall times and episodes/s are upper bounds of the cost, "

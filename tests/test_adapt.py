@@ -14,6 +14,7 @@ from mclstudio.cli.main import main
 from mclstudio.data import EpisodeSpec, get_source
 from mclstudio.learners.lora import add_lora, find_targets, merge_lora
 from mclstudio.learners.registry import build_learner, make_config
+from mclstudio.training.adapt import AdaptConfig, adapt
 from mclstudio.training.adapters import AdapterError, load_adapter, load_learners
 from mclstudio.training.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from mclstudio.training.trainer import meta_train_step, warmup_halving_schedule
@@ -141,6 +142,14 @@ def test_adapt_writes_a_small_safe_adapter_and_leaves_the_base_alone(adapted):
     assert (applied.learner(sx, sy, qx).logits - base(sx, sy, qx).logits).abs().max() > 1e-4
     for name, value in base.state_dict().items():  # only the adapted projections differ
         assert torch.equal(applied.learner.state_dict()[name], value) == (name.split(".")[-2] not in ("in_proj", "x_proj", "out_proj"))
+
+
+def test_adapt_is_a_function_of_its_config(adapted, tmp_path):
+    ckpt, out, _ = adapted
+    cfg = dict(checkpoint=str(ckpt), dataset="omniglot-mini:inverted", rank=2, steps=1, batch_size=2, tasks=3,
+               train_shots=1, test_shots=1, device="cpu")
+    runs = [load_adapter(adapt(AdaptConfig(**cfg, out=str(tmp_path / f"{i}.pt")))["out"]).tensors for i in range(2)]
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
 def test_eval_record_and_verify_with_an_adapter(adapted, tmp_path, capsys):

@@ -105,11 +105,11 @@ def adapt(cfg: AdaptConfig, on_log: Callable[[TrainLog], None] | None = None) ->
     base_parameters = learner.num_parameters()
     targets = find_targets(learner, ssm=cfg.ssm, encoder=cfg.encoder)
     learner.requires_grad_(False)
+    torch.manual_seed(cfg.seed)  # the adapters' A are drawn here: a run is a function of its config
     params = add_lora(learner, targets, cfg.rank, cfg.alpha)
     trainable = sum(p.numel() for p in params)
     table = embed_pool(learner, source) if not cfg.encoder and isinstance(source, ImageSource) else None
 
-    torch.manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     schedule = warmup_halving_schedule(optimizer, cfg.warmup_steps, cfg.lr_halve_every)
     use_amp = cfg.amp and device.type == "cuda"
