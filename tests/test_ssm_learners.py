@@ -209,7 +209,6 @@ def test_chunk_parallel_scan_matches_the_loop():
     torch.manual_seed(4)
     b, d, n, L = 2, 5, 4, 37  # several chunks and a ragged last one
     u, dt, z = (torch.randn(b, d, L, dtype=torch.float64) for _ in range(3))
-    A = -torch.rand(d, n, dtype=torch.float64) * 3
     B, C = torch.randn(b, n, L, dtype=torch.float64), torch.randn(b, n, L, dtype=torch.float64)
     D = torch.randn(d, dtype=torch.float64)
     beta = torch.sigmoid(dt).transpose(1, 2)

@@ -17,9 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mclstudio.learners.scan import ScanBackend, Transition, mamba_transition, selective_scan
-from mclstudio.learners.ssm import SelectiveMixer, SSMConfig, SSMLearner, SSMState
-
-MambaState = SSMState
+from mclstudio.learners.ssm import SelectiveMixer, SSMConfig, SSMLearner
 
 
 @dataclass
