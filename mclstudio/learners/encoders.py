@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mclstudio.learners.kernels.conv_block import conv_gn_relu_pool, fused_block_supported, gn_relu_pool
+
 
 class ConvEncoder(nn.Module):
     """Four conv-GroupNorm-ReLU blocks, each halving the image while it is larger than 1 pixel, then a
@@ -35,7 +37,30 @@ class ConvEncoder(nn.Module):
         self.project = nn.Linear(channels * side * side, d_model)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda and not torch.is_grad_enabled():
+            return self.project(self._fused_features(x).flatten(1))
         return self.project(self.features(x).flatten(1))
+
+    def _fused_features(self, x: Tensor) -> Tensor:
+        """``features`` for CUDA inference, each pooled block's GroupNorm, ReLU and pooling in one kernel
+        (``kernels.conv_block``), and with few input channels the convolution too (it is then memory
+        traffic, not arithmetic). Blocks the kernels do not take run as modules."""
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        modules = list(self.features)
+        h, k = x, 0
+        while k < len(modules):
+            conv, norm = modules[k], modules[k + 1]
+            pooled = k + 3 < len(modules) and isinstance(modules[k + 3], nn.MaxPool2d)
+            size = 4 if pooled else 3
+            if not (pooled and fused_block_supported(h, norm.num_groups, conv.out_channels)):
+                for module in modules[k : k + size]:
+                    h = module(h)
+            elif conv.in_channels <= 4:
+                h = conv_gn_relu_pool(h, conv.weight, conv.bias, norm.weight, norm.bias, norm.num_groups, norm.eps, dtype)
+            else:
+                h = gn_relu_pool(conv(h), norm.weight, norm.bias, norm.num_groups, norm.eps, dtype)
+            k += size
+        return h
 
 
 class VectorEncoder(nn.Module):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mclstudio.learners.kernels.mamba_read import fused_read_supported, mamba_read
 from mclstudio.learners.scan import ScanBackend, Transition, mamba_transition, selective_scan
 from mclstudio.learners.ssm import SelectiveMixer, SSMConfig, SSMLearner
 
@@ -46,6 +47,13 @@ class MambaMixer(SelectiveMixer):
 
     def scan_sequence(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend) -> tuple[Tensor, Tensor]:
         return selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend)
+
+    def read_queries(
+        self, ssm_state: Tensor, x: Tensor, z: Tensor, dt: Tensor, B: Tensor, C: Tensor, move: Transition | None
+    ) -> Tensor:
+        if x.is_cuda and not torch.is_grad_enabled() and fused_read_supported(ssm_state):
+            return mamba_read(ssm_state, self.A, self.D, self.dt_proj.bias, x, z, dt, B, C)
+        return super().read_queries(ssm_state, x, z, dt, B, C, move)
 
 
 class MambaLearner(SSMLearner):

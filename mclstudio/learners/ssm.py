@@ -176,10 +176,18 @@ class SelectiveMixer(nn.Module):
         x, z = self.in_proj(h).chunk(2, dim=-1)
         x = self._conv_token(conv_state.unsqueeze(1), x)
         dt, B, C = self._ssm_inputs(x)
-        move = self.transition(dt, B)
-        y = diagonal_read(ssm_state, x, z, C, self.D, move)
-        rows = None if history is None else self.stream_rows(history, query_weights(C, move.log_decay))
+        move = self.transition(dt, B) if history is not None else None
+        y = self.read_queries(ssm_state, x, z, dt, B, C, move)
+        rows = None if move is None else self.stream_rows(history, query_weights(C, move.log_decay))
         return self.out_proj(y), rows
+
+    def read_queries(
+        self, ssm_state: Tensor, x: Tensor, z: Tensor, dt: Tensor, B: Tensor, C: Tensor, move: Transition | None
+    ) -> Tensor:
+        """The SSM part of ``read``: x, z, dt (before dt_proj's bias) (B, Q, d_inner); B, C (B, Q, N);
+        move: the queries' Transition if already made. Returns gated y (B, Q, d_inner).
+        Mamba overrides this with a fused kernel on CUDA."""
+        return diagonal_read(ssm_state, x, z, C, self.D, move if move is not None else self.transition(dt, B))
 
     def stream_rows(self, history: tuple[Tensor, Tensor], G: Tensor) -> Tensor:
         """Association rows (B, Q, L) of queries with weights G (B, Q, d_inner, N) over the stream whose

@@ -1,0 +1,52 @@
+"""The fused Triton inference kernels (mclstudio/learners/kernels) against the PyTorch code they replace,
+run on the CPU through Triton's interpreter (the GPU check is in benchmarks/gpu_throughput.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mclstudio.learners.kernels import TRITON_IMPORT_ERROR
+
+
+@pytest.fixture(scope="module")
+def errors() -> dict[str, float]:
+    if TRITON_IMPORT_ERROR:
+        pytest.skip(f"Triton does not import here: {TRITON_IMPORT_ERROR}")
+    script = Path(__file__).with_name("triton_interpreted.py")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_fused_blocks_match_modules(errors: dict[str, float]) -> None:
+    blocks = {k: v for k, v in errors.items() if k.startswith(("block", "after conv"))}
+    assert len(blocks) == 6
+    assert max(blocks.values()) < 1e-4, blocks
+
+
+def test_fused_blocks_write_channels_last(errors: dict[str, float]) -> None:
+    assert all(v == 0.0 for k, v in errors.items() if k.startswith("channels-last"))
+
+
+def test_fused_encoder_matches_modules(errors: dict[str, float]) -> None:
+    encoders = {k: v for k, v in errors.items() if k.startswith("encoder")}
+    assert len(encoders) == 2
+    assert max(encoders.values()) < 1e-4, encoders
+
+
+def test_fused_blocks_decline_shapes_they_cannot_tile(errors: dict[str, float]) -> None:
+    assert errors["declines odd sides"] == 0.0
+    assert errors["declines 12 channels"] == 0.0
+
+
+def test_fused_read_matches_diagonal_read(errors: dict[str, float]) -> None:
+    reads = {k: v for k, v in errors.items() if k.startswith("read")}
+    assert len(reads) == 2
+    assert max(reads.values()) < 1e-5, reads

@@ -1,0 +1,84 @@
+"""Runs the fused Triton kernels on the CPU through Triton's interpreter and prints, as JSON, how far each
+is from the PyTorch code it replaces. test_kernels.py runs this in a subprocess, because
+TRITON_INTERPRET must be set before Triton compiles anything:
+
+    TRITON_INTERPRET=1 python tests/triton_interpreted.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1"
+
+from mclstudio.learners.encoders import ConvEncoder  # noqa: E402
+from mclstudio.learners.kernels.conv_block import conv_gn_relu_pool, fused_block_supported, gn_relu_pool  # noqa: E402
+from mclstudio.learners.kernels.mamba_read import mamba_read  # noqa: E402
+from mclstudio.learners.scan import diagonal_read, mamba_transition  # noqa: E402
+
+
+def block_errors() -> dict[str, float]:
+    """conv -> GroupNorm -> ReLU -> MaxPool, fused (whole block, and after the conv), vs the modules."""
+    errors = {}
+    for c_in, c_out, groups, H, W in [(1, 64, 8, 32, 32), (3, 16, 4, 10, 6), (2, 8, 8, 4, 4)]:
+        conv, norm = nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(groups, c_out)
+        nn.init.normal_(norm.weight)  # negative scales too: max-pooling must come after the affine map
+        nn.init.normal_(norm.bias)
+        x = torch.randn(3, c_in, H, W) + 0.5
+        with torch.no_grad():
+            convolved = conv(x)
+            expected = F.max_pool2d(torch.relu(norm(convolved)), 2)
+            whole = conv_gn_relu_pool(x, conv.weight, conv.bias, norm.weight, norm.bias, groups, norm.eps, torch.float32)
+            after = gn_relu_pool(convolved.contiguous(memory_format=torch.channels_last), norm.weight, norm.bias,
+                                 groups, norm.eps, torch.float32)
+        key = f"{c_in}x{H}x{W}->{c_out}/{groups}"
+        errors[f"block {key}"] = (whole - expected).abs().max().item()
+        errors[f"after conv {key}"] = (after - expected).abs().max().item()
+        errors[f"channels-last {key}"] = float(not whole.is_contiguous(memory_format=torch.channels_last))
+    return errors
+
+
+def encoder_errors() -> dict[str, float]:
+    """A whole ConvEncoder's fused feature path vs its modules, and one the kernels must decline."""
+    torch.manual_seed(1)
+    errors = {}
+    for in_channels, channels, side in [(1, 16, 16), (3, 8, 8)]:
+        encoder = ConvEncoder(in_channels, channels, 12, side)
+        x = torch.rand(4, in_channels, side, side)
+        with torch.no_grad():
+            errors[f"encoder {in_channels}x{side}x{side} c{channels}"] = (
+                encoder._fused_features(x) - encoder.features(x)
+            ).abs().max().item()
+    errors["declines odd sides"] = float(fused_block_supported(torch.zeros(1, 1, 5, 6), 8, 16))
+    errors["declines 12 channels"] = float(fused_block_supported(torch.zeros(1, 1, 8, 8), 4, 12))
+    return errors
+
+
+def read_errors() -> dict[str, float]:
+    """Mamba's fused query read vs diagonal_read, with strided views (as in the model), d_inner not a power
+    of 2, more queries than one program takes, and a dt past softplus's threshold."""
+    torch.manual_seed(2)
+    errors = {}
+    for batch, Q, d_inner, N in [(2, 37, 40, 16), (1, 3, 64, 4)]:
+        state = torch.randn(batch, d_inner, N)
+        A = -torch.rand(d_inner, N) * 4
+        D, dt_bias = torch.randn(d_inner), torch.randn(d_inner)
+        u, z = torch.randn(batch, Q, 2 * d_inner).chunk(2, dim=-1)
+        dt = torch.randn(batch, Q, d_inner) * 3
+        dt[0, 0, :5] = 25.0
+        BC = torch.randn(batch, Q, 3 + 2 * N)
+        B, C = BC[..., 3 : 3 + N], BC[..., 3 + N :]
+        expected = diagonal_read(state, u, z, C, D, mamba_transition(F.softplus(dt + dt_bias), A, B))
+        got = mamba_read(state, A, D, dt_bias, u, z, dt, B, C)
+        errors[f"read b{batch} q{Q} d{d_inner} n{N}"] = ((got - expected).abs().max() / expected.abs().max()).item()
+    return errors
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    print(json.dumps({**block_errors(), **encoder_errors(), **read_errors()}))
