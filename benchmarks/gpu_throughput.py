@@ -42,6 +42,7 @@ from cuda_scan_check import check_scan  # noqa: E402
 
 from mclstudio.data import EpisodeSpec, get_source  # noqa: E402
 from mclstudio.learners.base import Learner  # noqa: E402
+from mclstudio.learners.kernels import fused_kernels  # noqa: E402
 from mclstudio.learners.registry import build_learner, make_config  # noqa: E402
 from mclstudio.learners.scan import CUDA_SCAN_IMPORT_ERROR, cuda_scan_available  # noqa: E402
 from mclstudio.learners.ssm import SSMLearner  # noqa: E402
@@ -83,10 +84,10 @@ def matmul_rate() -> float:
 
 
 def flops_per_episode(learner: Learner, ep) -> int:
-    """Matmul and convolution FLOPs of one episode, counted on the PyTorch modules: gradients are on so
-    that the fused inference kernels (custom ops, which the counter cannot see) stay out of it."""
+    """Matmul and convolution FLOPs of one episode's inference, counted with the fused kernels off: the
+    counter cannot see inside them."""
     one = {k: getattr(ep, k)[:1] for k in ("stream_x", "stream_y", "query_x")}
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), fused_kernels(False), FlopCounterMode(display=False) as counter:
         learner(one["stream_x"], one["stream_y"], one["query_x"])
     return int(counter.get_total_flops())
 

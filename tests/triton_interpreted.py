@@ -17,29 +17,26 @@ from torch import nn
 assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1"
 
 from mclstudio.learners.encoders import ConvEncoder  # noqa: E402
-from mclstudio.learners.kernels.conv_block import conv_gn_relu_pool, fused_block_supported, gn_relu_pool  # noqa: E402
+from mclstudio.learners.kernels.conv_block import conv_gn_relu_pool, fused_block_supported  # noqa: E402
 from mclstudio.learners.kernels.mamba_read import mamba_read  # noqa: E402
 from mclstudio.learners.scan import diagonal_read, mamba_transition  # noqa: E402
 
 
 def block_errors() -> dict[str, float]:
-    """conv -> GroupNorm -> ReLU -> MaxPool, fused (whole block, and after the conv), vs the modules."""
+    """conv -> GroupNorm -> ReLU -> MaxPool as one op vs the modules: with the conv inside the kernel
+    (up to 64 taps), fewer than 16 channels (padded tiles) and with cuDNN's conv (72 taps)."""
     errors = {}
-    for c_in, c_out, groups, H, W in [(1, 64, 8, 32, 32), (3, 16, 4, 10, 6), (2, 8, 8, 4, 4)]:
+    for c_in, c_out, groups, H, W in [(1, 64, 8, 32, 32), (3, 16, 4, 10, 6), (2, 8, 8, 4, 4), (8, 32, 8, 8, 6)]:
         conv, norm = nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(groups, c_out)
         nn.init.normal_(norm.weight)  # negative scales too: max-pooling must come after the affine map
         nn.init.normal_(norm.bias)
         x = torch.randn(3, c_in, H, W) + 0.5
         with torch.no_grad():
-            convolved = conv(x)
-            expected = F.max_pool2d(torch.relu(norm(convolved)), 2)
-            whole = conv_gn_relu_pool(x, conv.weight, conv.bias, norm.weight, norm.bias, groups, norm.eps, torch.float32)
-            after = gn_relu_pool(convolved.contiguous(memory_format=torch.channels_last), norm.weight, norm.bias,
-                                 groups, norm.eps, torch.float32)
+            expected = F.max_pool2d(torch.relu(norm(conv(x))), 2)
+            got = conv_gn_relu_pool(x, conv.weight, conv.bias, norm.weight, norm.bias, groups, norm.eps, torch.float32)
         key = f"{c_in}x{H}x{W}->{c_out}/{groups}"
-        errors[f"block {key}"] = (whole - expected).abs().max().item()
-        errors[f"after conv {key}"] = (after - expected).abs().max().item()
-        errors[f"channels-last {key}"] = float(not whole.is_contiguous(memory_format=torch.channels_last))
+        errors[f"block {key}"] = (got - expected).abs().max().item()
+        errors[f"channels-last {key}"] = float(not got.is_contiguous(memory_format=torch.channels_last))
     return errors
 
 
@@ -47,7 +44,7 @@ def encoder_errors() -> dict[str, float]:
     """A whole ConvEncoder's fused feature path vs its modules, and one the kernels must decline."""
     torch.manual_seed(1)
     errors = {}
-    for in_channels, channels, side in [(1, 16, 16), (3, 8, 8)]:
+    for in_channels, channels, side in [(1, 16, 16), (3, 8, 8), (1, 16, 32)]:
         encoder = ConvEncoder(in_channels, channels, 12, side)
         x = torch.rand(4, in_channels, side, side)
         with torch.no_grad():
@@ -55,7 +52,7 @@ def encoder_errors() -> dict[str, float]:
                 encoder._fused_features(x) - encoder.features(x)
             ).abs().max().item()
     errors["declines odd sides"] = float(fused_block_supported(torch.zeros(1, 1, 5, 6), 8, 16))
-    errors["declines 12 channels"] = float(fused_block_supported(torch.zeros(1, 1, 8, 8), 4, 12))
+    errors["declines 3 channels a group"] = float(fused_block_supported(torch.zeros(1, 1, 8, 8), 4, 12))
     return errors
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mclstudio.learners.kernels.conv_block import conv_gn_relu_pool, fused_block_supported, gn_relu_pool
+from mclstudio.learners.kernels.conv_block import conv_gn_relu_pool, fused_block_supported
 
 
 class ConvEncoder(nn.Module):
@@ -42,9 +42,9 @@ class ConvEncoder(nn.Module):
         return self.project(self.features(x).flatten(1))
 
     def _fused_features(self, x: Tensor) -> Tensor:
-        """``features`` for CUDA inference, each pooled block's GroupNorm, ReLU and pooling in one kernel
-        (``kernels.conv_block``), and with few input channels the convolution too (it is then memory
-        traffic, not arithmetic). Blocks the kernels do not take run as modules."""
+        """``features`` for CUDA inference, each pooled block as one op (``kernels.conv_block``): its
+        GroupNorm, ReLU and pooling in one kernel, and with few input channels the convolution too (it is
+        then memory traffic, not arithmetic). Blocks the kernel does not take run as modules."""
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
         modules = list(self.features)
         h, k = x, 0
@@ -52,13 +52,11 @@ class ConvEncoder(nn.Module):
             conv, norm = modules[k], modules[k + 1]
             pooled = k + 3 < len(modules) and isinstance(modules[k + 3], nn.MaxPool2d)
             size = 4 if pooled else 3
-            if not (pooled and fused_block_supported(h, norm.num_groups, conv.out_channels)):
-                for module in modules[k : k + size]:
-                    h = module(h)
-            elif conv.in_channels <= 4:
+            if pooled and fused_block_supported(h, norm.num_groups, conv.out_channels):
                 h = conv_gn_relu_pool(h, conv.weight, conv.bias, norm.weight, norm.bias, norm.num_groups, norm.eps, dtype)
             else:
-                h = gn_relu_pool(conv(h), norm.weight, norm.bias, norm.num_groups, norm.eps, dtype)
+                for module in modules[k : k + size]:
+                    h = module(h)
             k += size
         return h
 

@@ -5,6 +5,9 @@ wheels; where it does not import, the PyTorch code runs everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 try:
     import triton
 
@@ -13,4 +16,24 @@ except ImportError as exc:  # CPU-only installs (macOS wheels) have no Triton
     triton = None
     TRITON_IMPORT_ERROR = str(exc)
 
-__all__ = ["TRITON_IMPORT_ERROR", "triton"]
+_enabled = True
+
+
+def fused_kernels_enabled() -> bool:
+    """Whether the learners may use the fused kernels (Triton imports and ``fused_kernels`` allows it)."""
+    return triton is not None and _enabled
+
+
+@contextmanager
+def fused_kernels(enabled: bool) -> Iterator[None]:
+    """Turn the fused kernels off (or back on) inside a block: for comparisons with the modules, and for
+    counting FLOPs, which torch's counter cannot see inside a kernel."""
+    global _enabled
+    before, _enabled = _enabled, enabled
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+__all__ = ["TRITON_IMPORT_ERROR", "fused_kernels", "fused_kernels_enabled", "triton"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mclstudio.learners.kernels import triton
+from mclstudio.learners.kernels import fused_kernels_enabled, triton
 
 if triton is not None:
     import triton.language as tl
@@ -66,9 +66,10 @@ BLOCK_D, BLOCK_Q, Q_PER_PROGRAM, NUM_WARPS = 64, 1, 32, 2
 
 
 def fused_read_supported(state: Tensor) -> bool:
-    """Whether ``mamba_read`` takes this state: Triton present, state (B, d_inner, N) with N a power of 2."""
+    """Whether ``mamba_read`` takes this state: kernels on (``kernels.fused_kernels``), state
+    (B, d_inner, N) with N a power of 2."""
     N = state.shape[-1]
-    return triton is not None and state.dim() == 3 and N > 0 and (N & (N - 1)) == 0
+    return fused_kernels_enabled() and state.dim() == 3 and N > 0 and (N & (N - 1)) == 0
 
 
 def _last_dim_contiguous(t: Tensor) -> Tensor:
