@@ -181,6 +181,24 @@ def test_eval_record_and_verify_with_an_adapter(adapted, tmp_path, capsys):
     assert code == 1 and "adapter" in err and "sha256" in err
 
 
+def test_replay_with_an_adapted_checkpoint(adapted, tmp_path, capsys):
+    ckpt, out, _ = adapted
+    rec = tmp_path / "run.h5"
+    code, _, err = run(capsys, "record", ckpt, "--episodes", 1, "--tasks", 3, "--shots", 1, "--test-shots", 1,
+                       "--dataset", "omniglot-mini:inverted", "-o", rec)
+    assert code == 0, err
+    code, stdout, err = run(capsys, "replay", rec, "--json", "--with", ckpt, "--with", ckpt, "--adapter", out)
+    assert code == 0, err
+    rows = {row["learner"]: row for row in json.loads(stdout)["learners"]}
+    assert set(rows) == {"mamba", "mamba+mamba-inv", "mamba (with)"}
+    assert rows["mamba+mamba-inv"]["source"] == f"with mamba.pt + {out.name}"
+    # the plain checkpoint re-run reproduces the recording; the adapted one is a different learner
+    assert rows["mamba (with)"]["accuracy_by_tasks_learned"] == rows["mamba"]["accuracy_by_tasks_learned"]
+    one_line_error(*run(capsys, "replay", rec, "--adapter", out)[::2], "--with")
+    other = save_tiny(tmp_path / "transformer.pt", "transformer", 1)
+    one_line_error(*run(capsys, "replay", rec, "--with", other, "--adapter", out)[::2], "adapts mamba.pt")
+
+
 def test_bad_adapters_and_options_get_one_line(adapted, tmp_path, capsys):
     ckpt, out, _ = adapted
     other = save_tiny(tmp_path / "transformer.pt", "transformer", 1)

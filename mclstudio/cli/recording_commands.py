@@ -78,11 +78,15 @@ def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: int, 
 @click.option("--verify", "do_verify", is_flag=True,
               help="Re-run the episodes through the recorded checkpoints and check every prediction.")
 @click.option("--with", "others", multiple=True, help="Re-run the episodes through another checkpoint (repeatable).")
+@click.option("--adapter", "adapters", multiple=True, metavar="FILE",
+              help="An adapter file to apply on top of the --with checkpoint it was trained on (repeatable).")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Terminal plot of accuracy against tasks learned.")
 @click.option("--tui", is_flag=True, help="Open the recording in the studio app (no models) instead.")
 def replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool, others: tuple[str, ...],
-           plot: bool, tui: bool) -> None:
+           adapters: tuple[str, ...], plot: bool, tui: bool) -> None:
     """Summarise a recording: accuracy, forgetting, state size and step latency per learner."""
+    if adapters and not others:
+        raise ValueError("--adapter applies to the checkpoints given with --with; give one")
     if tui:
         from mclstudio.tui.cli import replay_studio
 
@@ -90,17 +94,19 @@ def replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool,
         return
     from mclstudio.recording.hdf5 import read_recording
     from mclstudio.recording.session import recording_summary, rerun, summarize, verify
-    from mclstudio.training.checkpoint import load_checkpoint
+    from mclstudio.training.adapters import load_learners
 
     rec = read_recording(recording)
     rows = recording_summary(rec)
     traces_by_learner = {ident.name: [ep.traces[ident.name] for ep in rec.episodes] for ident in rec.learners}
-    for other in others:
-        ckpt = load_checkpoint(other)
-        name = ckpt.name if ckpt.name not in traces_by_learner else f"{ckpt.name} (with)"
+    for ckpt in load_learners(others, adapters):
+        name = ckpt.name
+        while name in traces_by_learner:
+            name = f"{name} (with)"
         traces = [t[name] for t in rerun(rec, [(name, ckpt.learner)])]
         traces_by_learner[name] = traces
-        rows.append(summarize(name, traces, f"with {ckpt.path.name}"))
+        source = ckpt.path.name if ckpt.adapter_path is None else f"{ckpt.path.name} + {ckpt.adapter_path.name}"
+        rows.append(summarize(name, traces, f"with {source}"))
 
     report = verify(rec) if do_verify else None
     if csv_path:
