@@ -199,6 +199,29 @@ def test_picker_shows_a_bad_checkpoint_path_inside_the_app(tmp_path: Path) -> No
     asyncio.run(go())
 
 
+def test_picker_switches_checkpoints_with_their_adapters(tmp_path: Path) -> None:
+    adapter = str(ROOT / "checkpoints" / "adapters" / "mamba-omniglot-mini-inverted-r4.pt")
+
+    async def go() -> None:
+        app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,
+                             show_timing=False, adapters=[adapter])
+        async with app.run_test(size=SIZE) as pilot:
+            assert app.screen.query_one("#adapters").value == adapter  # the picker shows what is applied
+            app.screen.query_one("#checkpoints").value = f"{MAMBA} {MAMBA}"
+            app.screen.query_one("#adapters").value = str(tmp_path / "nope.pt")
+            await pilot.press("enter")
+            await pilot.pause()
+            assert isinstance(app.screen, PickerScreen)
+            assert "adapter not found" in str(app.screen.query_one("#picker-error").content)
+            app.screen.query_one("#adapters").value = adapter
+            await pilot.pause(0.4)
+            await start_live(pilot)
+            assert app.learner_names == ["mamba+mamba-omniglot-mini-inverted-r4", "mamba"]
+            assert app.adapter_paths() == [adapter]
+
+    asyncio.run(go())
+
+
 def test_command_palette_switch_and_export(tmp_path: Path) -> None:
     async def go() -> None:
         app = small_app(tmp_path, MAMBA, TRANSFORMER)

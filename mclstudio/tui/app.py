@@ -27,7 +27,8 @@ from textual.worker import get_current_worker
 
 from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.recording.hdf5 import RecordingWriter
-from mclstudio.training.checkpoint import Checkpoint, load_checkpoint
+from mclstudio.training.adapters import load_learners
+from mclstudio.training.checkpoint import Checkpoint
 from mclstudio.tui.feeds import Frame, LiveFeed, ReplayFeed
 from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
 from mclstudio.tui.widgets import AccuracyPanel, AssociationMap, ExampleView, MatrixHeatmap, NormsPanel, StatsPanel
@@ -156,16 +157,23 @@ class StudioApp(App):
     def checkpoint_paths(self) -> list[str]:
         return [str(c.path) for c in self.checkpoints]
 
-    def start_episode(self, spec: EpisodeSpec, paths: list[str] | None = None) -> str | None:
-        """Called by the picker: (re)load the checkpoints if other paths were given, build a live feed for
-        ``spec``; return an error line for the picker to show, or None."""
+    def adapter_paths(self) -> list[str]:
+        return [str(c.adapter_path) for c in self.checkpoints if c.adapter_path is not None]
+
+    def start_episode(
+        self, spec: EpisodeSpec, paths: list[str] | None = None, adapters: list[str] | None = None
+    ) -> str | None:
+        """Called by the picker: (re)load the checkpoints, with their adapters, if other paths were given;
+        build a live feed for ``spec``; return an error line for the picker to show, or None."""
         try:
             checkpoints = self.checkpoints
-            if paths is not None and paths != self.checkpoint_paths():
+            paths = self.checkpoint_paths() if paths is None else paths
+            adapters = self.adapter_paths() if adapters is None else adapters
+            if paths != self.checkpoint_paths() or adapters != self.adapter_paths():
                 if not paths:
                     return "give at least one checkpoint"
                 device = next(self.checkpoints[0].learner.parameters()).device if self.checkpoints else "cpu"
-                checkpoints = [load_checkpoint(p, device=device) for p in paths]
+                checkpoints = load_learners(paths, adapters, device=device)
             feed = LiveFeed(checkpoints, spec, self.precision)
         except Exception as exc:  # noqa: BLE001 - shown in the picker, one line
             return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -46,6 +46,8 @@ class PickerScreen(Screen):
             yield Label("Episode", classes="title")
             yield Label("checkpoints (space-separated paths)")
             yield Input(" ".join(self.app.checkpoint_paths()), id="checkpoints")  # type: ignore[attr-defined]
+            yield Label("adapters (from mclstudio adapt; may be empty)")
+            yield Input(" ".join(self.app.adapter_paths()), id="adapters")  # type: ignore[attr-defined]
             yield Label("dataset / domain (omniglot-mini, torchvision:<Name>)")
             yield Input(s.dataset, id="dataset")
             yield Label("split (meta-test or meta-train alphabets)")
@@ -79,8 +81,8 @@ class PickerScreen(Screen):
         except ValueError as exc:
             self.query_one("#picker-error", Static).update(f"[red]not a number: {exc}[/]")
             return
-        paths = get("checkpoints").split()
-        error = self.app.start_episode(spec, paths)  # type: ignore[attr-defined]
+        paths, adapters = get("checkpoints").split(), get("adapters").split()
+        error = self.app.start_episode(spec, paths, adapters)  # type: ignore[attr-defined]
         if error:
             self.query_one("#picker-error", Static).update(f"[red]{error}[/]")
 
