@@ -19,6 +19,11 @@ except ImportError as exc:  # CPU-only installs (macOS wheels) have no Triton
 _enabled = True
 
 
+def power_of_2(k: int) -> bool:
+    """Whether k is a positive power of 2 (Triton's tile sides must be)."""
+    return k > 0 and k & (k - 1) == 0
+
+
 def fused_kernels_enabled() -> bool:
     """Whether the learners may use the fused kernels (Triton imports and ``fused_kernels`` allows it)."""
     return triton is not None and _enabled
@@ -36,4 +41,4 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
         _enabled = before
 
 
-__all__ = ["TRITON_IMPORT_ERROR", "fused_kernels", "fused_kernels_enabled", "triton"]
+__all__ = ["TRITON_IMPORT_ERROR", "fused_kernels", "fused_kernels_enabled", "power_of_2", "triton"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mclstudio.learners.kernels import fused_kernels_enabled, triton
+from mclstudio.learners.kernels import fused_kernels_enabled, power_of_2, triton
 
 if triton is not None:
     import triton.language as tl
@@ -57,14 +57,13 @@ if triton is not None:
                  CONV: tl.constexpr, C_IN: tl.constexpr, H: tl.constexpr, W: tl.constexpr, K_PAD: tl.constexpr):
         """The block's pre-norm values at the four positions of each pooling window."""
         if CONV:
-            a00 = _window_position(image, w_t, i, j, p_ok, 0, 0, C_IN, H, W, K_PAD) + bias
-            a01 = _window_position(image, w_t, i, j, p_ok, 0, 1, C_IN, H, W, K_PAD) + bias
-            a10 = _window_position(image, w_t, i, j, p_ok, 1, 0, C_IN, H, W, K_PAD) + bias
-            a11 = _window_position(image, w_t, i, j, p_ok, 1, 1, C_IN, H, W, K_PAD) + bias
+            a00 = _window_position(image, w_t, i, j, p_ok, 0, 0, C_IN, H, W, K_PAD)
+            a01 = _window_position(image, w_t, i, j, p_ok, 0, 1, C_IN, H, W, K_PAD)
+            a10 = _window_position(image, w_t, i, j, p_ok, 1, 0, C_IN, H, W, K_PAD)
+            a11 = _window_position(image, w_t, i, j, p_ok, 1, 1, C_IN, H, W, K_PAD)
         else:
             a00, a01, a10, a11 = _load_windows(image, i, j, p_ok, c, c_ok, x_stride_c, x_stride_h, x_stride_w)
-            a00, a01, a10, a11 = a00 + bias, a01 + bias, a10 + bias, a11 + bias
-        return a00, a01, a10, a11
+        return a00 + bias, a01 + bias, a10 + bias, a11 + bias
 
     @triton.jit
     def _gn_relu_pool_kernel(
@@ -80,8 +79,8 @@ if triton is not None:
         sums each channel's values and their squares, the second normalises, takes each window's max,
         applies ReLU (which commutes with max) and stores. CONV: x is the block's input and the conv
         is computed here, twice (cheaper than storing it); otherwise x is the conv's output without its
-        bias, read twice. Tiles are pixels by channels (padded to C_PAD, at least the 16 a tensor-core product
-        needs), so a channels-last store writes whole rows."""
+        bias, read twice. Tiles are pixels by channels (padded to C_PAD, at least the 16 a tensor-core
+        product needs), so a channels-last store writes whole rows."""
         n = tl.program_id(0)
         HO: tl.constexpr = H // 2
         WO: tl.constexpr = W // 2
@@ -131,10 +130,6 @@ if triton is not None:
             tl.store(dst, best.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
 
 
-def _power_of_2(k: int) -> bool:
-    return k > 0 and k & (k - 1) == 0
-
-
 # Up to this many conv taps (input channels x 9) the conv runs inside the kernel; past it, cuDNN's.
 MAX_IN_KERNEL_TAPS = 64
 
@@ -149,7 +144,7 @@ def fused_block_supported(x: Tensor, groups: int, channels: int) -> bool:
         and x.shape[-2] % 2 == 0
         and x.shape[-1] >= 2
         and channels % groups == 0
-        and _power_of_2(channels // groups)
+        and power_of_2(channels // groups)
     )
 
 

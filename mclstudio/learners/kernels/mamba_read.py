@@ -7,8 +7,9 @@ Each query is one more token after the stream's last state h (B, d_inner, N):
 Why a kernel: compiled from PyTorch, the product-sum recomputed softplus(dt) and exp(A_log) for every
 state index n and re-read h for every query: 0.40 ms a layer for 256 episodes of 100 queries on an
 H100. Here one program holds a block of h's rows in registers and walks a run of queries, so softplus
-is taken once per (query, channel): 0.27 ms (benchmarks/results/read_kernel_sweep_h100.json). Inference only; ``MambaMixer`` uses it on CUDA when gradients
-are off and Triton imports. ``mamba_read`` is a torch custom op, so torch.compile and CUDA graphs take it.
+is taken once per (query, channel): 0.27 ms (benchmarks/results/read_kernel_sweep_h100.json).
+Inference only; ``MambaMixer`` uses it on CUDA when gradients are off and Triton imports.
+``mamba_read`` is a torch custom op, so torch.compile and CUDA graphs take it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mclstudio.learners.kernels import fused_kernels_enabled, triton
+from mclstudio.learners.kernels import fused_kernels_enabled, power_of_2, triton
 
 if triton is not None:
     import triton.language as tl
@@ -68,8 +69,7 @@ BLOCK_D, BLOCK_Q, Q_PER_PROGRAM, NUM_WARPS = 64, 1, 32, 2
 def fused_read_supported(state: Tensor) -> bool:
     """Whether ``mamba_read`` takes this state: kernels on (``kernels.fused_kernels``), state
     (B, d_inner, N) with N a power of 2."""
-    N = state.shape[-1]
-    return fused_kernels_enabled() and state.dim() == 3 and N > 0 and (N & (N - 1)) == 0
+    return fused_kernels_enabled() and state.dim() == 3 and power_of_2(state.shape[-1])
 
 
 def _last_dim_contiguous(t: Tensor) -> Tensor:
