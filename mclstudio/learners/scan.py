@@ -81,23 +81,41 @@ def cuda_scan_available() -> bool:
     return _cuda_scan_module is not None and torch.cuda.is_available()
 
 
-@torch.library.custom_op("mclstudio::cuda_selective_scan", mutates_args=())
+def channel_major(shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
+    """An empty (batch, d, L) tensor laid out as (d, batch, L): the layout of mamba_ssm's Mamba, whose
+    projections are computed as weight @ h^T. Time is contiguous and (batch, L) merge into one stride-1
+    dim, so the next projection reads it without a copy."""
+    batch, d, L = shape
+    return like.new_empty(d, batch, L).permute(1, 0, 2)
+
+
+# needs_exact_strides: inductor hands the op its inputs with the strides seen when it was traced (the
+# kernel reads any batch and channel strides, but time must be contiguous).
+_EXACT_STRIDES = tuple(t for t in (getattr(torch.Tag, "needs_exact_strides", None),) if t is not None)
+
+
+@torch.library.custom_op("mclstudio::cuda_selective_scan", mutates_args=(), tags=_EXACT_STRIDES)
 def _cuda_scan_inference(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor
 ) -> tuple[Tensor, Tensor]:
     """mamba_ssm's fused forward kernel alone, as a torch op: torch.compile and CUDA graphs can then
-    take a whole learner's inference in one graph (its autograd.Function would break the graph)."""
+    take a whole learner's inference in one graph (its autograd.Function would break the graph).
+    The gated output is always channel-major (``channel_major``), as the fake below says: the kernel
+    allocates it like z, and inductor checks every op's output against the fake's strides."""
     assert _cuda_scan_module is not None
     # B and C vary per token: the kernel takes them as (batch, groups=1, N, L).
     out, intermediates, out_z = _cuda_scan_module.selective_scan_cuda.fwd(
         u, delta, A, B.unsqueeze(1), C.unsqueeze(1), D, z, delta_bias, True
     )
+    batch, _, L = out_z.shape
+    if out_z.stride() != (L, batch * L, 1):
+        out_z = channel_major(out_z.shape, out_z).copy_(out_z)
     return out_z, intermediates[:, :, -1, 1::2].contiguous()
 
 
 @_cuda_scan_inference.register_fake
 def _(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
+    return channel_major(u.shape, u), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
 
 
 def decay_to_end(log_decay: Tensor) -> Tensor:
@@ -137,8 +155,9 @@ def selective_scan(
     if _cuda_scan_module is None:
         raise RuntimeError(f"the CUDA selective scan is unavailable ({CUDA_SCAN_IMPORT_ERROR}); "
                            "pip install 'mclstudio[cuda]' on a machine with nvcc")
-    args = (u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(), D.float(),
-            z.contiguous(), delta_bias.float())
+    # The kernel reads any batch and channel strides; only time must be contiguous.
+    u, delta, z = (t if t.stride(-1) == 1 else t.contiguous() for t in (u, delta, z))
+    args = (u, delta, A.contiguous(), B.contiguous(), C.contiguous(), D.float(), z, delta_bias.float())
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))):
         return _cuda_scan_inference(*args)
     y, last_state = _cuda_scan_module.selective_scan_fn(

@@ -76,6 +76,14 @@ def shifted_causal_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return out
 
 
+def channels_first_linear(h: Tensor, weight: Tensor) -> Tensor:
+    """h (B, L, in) times weight (out, in)^T, as (B, out, L) laid out (out, B, L): computed as
+    weight @ h^T, as mamba_ssm's Mamba does, so the scan kernel reads x, z and delta in place (time is
+    contiguous) instead of from transposed copies."""
+    batch, L, _ = h.shape
+    return (weight.to(h.dtype) @ h.reshape(batch * L, -1).transpose(0, 1)).view(-1, batch, L).transpose(0, 1)
+
+
 class SelectiveMixer(nn.Module):
     """Mamba-1's block around a diagonal selective recurrence. (B, L, d_model) -> (B, L, d_model).
 
@@ -134,12 +142,13 @@ class SelectiveMixer(nn.Module):
         """Whole sequence. h: (B, L, d_model) -> out (B, L, d_model), conv state (B, d_inner, d_conv),
         SSM state (B, d_inner, d_state) and, if keep_history, the stream's (dt, B) for rows."""
         L = h.shape[1]
-        x, z = self.in_proj(h).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
+        x, z = channels_first_linear(h, self.in_proj.weight).chunk(2, dim=1)  # (B, d_inner, L) each
         conv_state = F.pad(x, (self.d_conv - L, 0)) if L < self.d_conv else x[..., -self.d_conv :]
         x = F.silu(self._causal_conv(x))
-        dt, B, C = self._ssm_inputs(x.transpose(1, 2))
-        history = (dt, B) if keep_history else None
-        dt, B, C = dt.transpose(1, 2), B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = channels_first_linear(dt, self.dt_proj.weight)  # (B, d_inner, L), before dt_proj's bias
+        history = (dt.transpose(1, 2), B) if keep_history else None
+        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
         y, ssm_state = self.scan_sequence(x, dt, B, C, z, backend)
         return self.out_proj(y.transpose(1, 2)), conv_state.contiguous(), ssm_state, history
 

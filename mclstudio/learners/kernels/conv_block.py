@@ -27,17 +27,17 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _window_position(image, w_t, i, j, p_ok, DI: tl.constexpr, DJ: tl.constexpr,
-                         C_IN: tl.constexpr, H: tl.constexpr, W: tl.constexpr, K_PAD: tl.constexpr):
-        """The 3x3 conv (padding 1, no bias) of a contiguous (C_IN, H, W) image at (2i + DI, 2j + DJ):
-        patches (BLOCK_P, K_PAD) times w_t (K_PAD, C_PAD) on tensor cores -> (BLOCK_P, C_PAD) float32.
-        Tap t is input channel t // 9, kernel row (t % 9) // 3, column t % 3; taps past C_IN * 9 are 0."""
+    def _neighbourhoods(image, i, j, p_ok, C_IN: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+                        K_PAD: tl.constexpr):
+        """The 4x4 input neighbourhood of each pooling window (rows 2i - 1 .. 2i + 2, columns likewise,
+        zero outside the image) of a contiguous (C_IN, H, W) image: (BLOCK_P, K_PAD) float32. Tap t is
+        channel t // 16, row (t % 16) // 4, column t % 4; taps past C_IN * 16 are 0. One gather serves
+        the window's four conv positions."""
         t = tl.arange(0, K_PAD)
-        r = 2 * i[:, None] + (DI - 1) + ((t % 9) // 3)[None, :]
-        s = 2 * j[:, None] + (DJ - 1) + (t % 3)[None, :]
-        inside = p_ok[:, None] & (t < C_IN * 9)[None, :] & (r >= 0) & (r < H) & (s >= 0) & (s < W)
-        patches = tl.load(image + (t // 9)[None, :] * (H * W) + r * W + s, mask=inside, other=0.0).to(tl.float32)
-        return tl.dot(patches, w_t, input_precision="tf32")
+        r = 2 * i[:, None] - 1 + ((t % 16) // 4)[None, :]
+        s = 2 * j[:, None] - 1 + (t % 4)[None, :]
+        inside = p_ok[:, None] & (t < C_IN * 16)[None, :] & (r >= 0) & (r < H) & (s >= 0) & (s < W)
+        return tl.load(image + (t // 16)[None, :] * (H * W) + r * W + s, mask=inside, other=0.0).to(tl.float32)
 
     @triton.jit
     def _load_windows(image, i, j, p_ok, c, c_ok, stride_c, stride_h, stride_w):
@@ -53,17 +53,27 @@ if triton is not None:
         return a00, a01, a10, a11
 
     @triton.jit
-    def _windows(image, w_t, bias, i, j, p_ok, c, c_ok, x_stride_c, x_stride_h, x_stride_w,
+    def _windows(image, w00, w01, w10, w11, bias, i, j, p_ok, c, c_ok, x_stride_c, x_stride_h, x_stride_w,
                  CONV: tl.constexpr, C_IN: tl.constexpr, H: tl.constexpr, W: tl.constexpr, K_PAD: tl.constexpr):
-        """The block's pre-norm values at the four positions of each pooling window."""
+        """The block's pre-norm values at the four positions of each pooling window. CONV: the conv at
+        position (di, dj) is the window's neighbourhoods times w_{di dj} (K_PAD, C_PAD), on tensor cores."""
         if CONV:
-            a00 = _window_position(image, w_t, i, j, p_ok, 0, 0, C_IN, H, W, K_PAD)
-            a01 = _window_position(image, w_t, i, j, p_ok, 0, 1, C_IN, H, W, K_PAD)
-            a10 = _window_position(image, w_t, i, j, p_ok, 1, 0, C_IN, H, W, K_PAD)
-            a11 = _window_position(image, w_t, i, j, p_ok, 1, 1, C_IN, H, W, K_PAD)
+            patches = _neighbourhoods(image, i, j, p_ok, C_IN, H, W, K_PAD)
+            a00 = tl.dot(patches, w00, input_precision="tf32")
+            a01 = tl.dot(patches, w01, input_precision="tf32")
+            a10 = tl.dot(patches, w10, input_precision="tf32")
+            a11 = tl.dot(patches, w11, input_precision="tf32")
         else:
             a00, a01, a10, a11 = _load_windows(image, i, j, p_ok, c, c_ok, x_stride_c, x_stride_h, x_stride_w)
         return a00 + bias, a01 + bias, a10 + bias, a11 + bias
+
+    @triton.jit
+    def _position_weights(w_ptr, position: tl.constexpr, c, c_ok, C_IN: tl.constexpr, C_OUT: tl.constexpr,
+                          K_PAD: tl.constexpr):
+        """The (K_PAD, C_PAD) tile of ``neighbourhood_weights`` for one conv position of the window."""
+        t = tl.arange(0, K_PAD)
+        tile = w_ptr + position * (C_IN * 16 * C_OUT) + t[:, None] * C_OUT + c[None, :]
+        return tl.load(tile, mask=c_ok[None, :] & (t < C_IN * 16)[:, None], other=0.0).to(tl.float32)
 
     @triton.jit
     def _gn_relu_pool_kernel(
@@ -89,17 +99,19 @@ if triton is not None:
         c_ok = c < C_OUT
         image = x_ptr + n * x_stride_n
         bias = tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        w_t = tl.zeros((K_PAD, C_PAD), tl.float32)
+        w00 = tl.zeros((K_PAD, C_PAD), tl.float32)
+        w01, w10, w11 = w00, w00, w00
         if CONV:
-            t = tl.arange(0, K_PAD)
-            w_t = tl.load(w_ptr + c[None, :] * (C_IN * 9) + t[:, None],
-                          mask=c_ok[None, :] & (t < C_IN * 9)[:, None], other=0.0).to(tl.float32)
+            w00 = _position_weights(w_ptr, 0, c, c_ok, C_IN, C_OUT, K_PAD)
+            w01 = _position_weights(w_ptr, 1, c, c_ok, C_IN, C_OUT, K_PAD)
+            w10 = _position_weights(w_ptr, 2, c, c_ok, C_IN, C_OUT, K_PAD)
+            w11 = _position_weights(w_ptr, 3, c, c_ok, C_IN, C_OUT, K_PAD)
         sum1 = tl.zeros((C_PAD,), tl.float32)
         sum2 = tl.zeros((C_PAD,), tl.float32)
         for p0 in range(0, HO * WO, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             p_ok = p < HO * WO
-            a00, a01, a10, a11 = _windows(image, w_t, bias, p // WO, p % WO, p_ok, c, c_ok,
+            a00, a01, a10, a11 = _windows(image, w00, w01, w10, w11, bias, p // WO, p % WO, p_ok, c, c_ok,
                                           x_stride_c, x_stride_h, x_stride_w, CONV, C_IN, H, W, K_PAD)
             valid = p_ok[:, None]
             sum1 += tl.sum(tl.where(valid, a00 + a01 + a10 + a11, 0.0), axis=0)
@@ -121,7 +133,7 @@ if triton is not None:
             p_ok = p < HO * WO
             i = p // WO
             j = p % WO
-            a00, a01, a10, a11 = _windows(image, w_t, bias, i, j, p_ok, c, c_ok,
+            a00, a01, a10, a11 = _windows(image, w00, w01, w10, w11, bias, i, j, p_ok, c, c_ok,
                                           x_stride_c, x_stride_h, x_stride_w, CONV, C_IN, H, W, K_PAD)
             best = tl.maximum(tl.maximum(a00 * scale + shift, a01 * scale + shift),
                               tl.maximum(a10 * scale + shift, a11 * scale + shift))
@@ -129,9 +141,100 @@ if triton is not None:
             dst = out_ptr + n * out_stride_n + i[:, None] * out_stride_h + j[:, None] * out_stride_w + c[None, :] * out_stride_c
             tl.store(dst, best.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
 
+    @triton.jit
+    def _conv_gn_relu_pool_kernel(
+        x_ptr, w_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr,
+        eps, N,
+        x_stride_n, x_stride_c, x_stride_h, x_stride_w,
+        out_stride_n, out_stride_c, out_stride_h, out_stride_w,
+        C_IN: tl.constexpr, K_PAD: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
+        C_OUT: tl.constexpr, C_PAD: tl.constexpr, GROUPS: tl.constexpr, IMAGES: tl.constexpr,
+    ):
+        """A whole block in one pass for small maps: one program takes IMAGES images, convolves them as an
+        implicit GEMM (pixels x input channels times (C_IN, C_OUT) weights, one product per conv tap,
+        on tensor cores), holds the (IMAGES * H * W, C_OUT) result in registers for its statistics,
+        normalises, pools and stores only the pooled map. w: (9, C_IN, C_OUT) in x's dtype."""
+        HW: tl.constexpr = H * W
+        HO: tl.constexpr = H // 2
+        WO: tl.constexpr = W // 2
+        CG: tl.constexpr = C_OUT // GROUPS
+        m = tl.arange(0, IMAGES * HW)
+        image = tl.program_id(0) * IMAGES + m // HW
+        r = (m % HW) // W
+        s = m % W
+        k = tl.arange(0, K_PAD)
+        c = tl.arange(0, C_PAD)
+        k_ok, c_ok = k < C_IN, c < C_OUT
+        at = x_ptr + image[:, None].to(tl.int64) * x_stride_n + k[None, :] * x_stride_c
+        acc = tl.zeros((IMAGES * HW, C_PAD), tl.float32)
+        for tap in tl.static_range(9):
+            rr = r + (tap // 3 - 1)
+            ss = s + (tap % 3 - 1)
+            ok = (image < N) & (rr >= 0) & (rr < H) & (ss >= 0) & (ss < W)
+            pixels = tl.load(at + (rr * x_stride_h + ss * x_stride_w)[:, None], mask=ok[:, None] & k_ok[None, :], other=0.0)
+            weights = tl.load(w_ptr + tap * C_IN * C_OUT + k[:, None] * C_OUT + c[None, :],
+                              mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+            acc = tl.dot(pixels, weights, acc, input_precision="tf32")
+        acc += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        # Per image and group statistics, spread back to the group's channels (padding channels form
+        # their own groups and are never stored).
+        values = tl.reshape(acc, (IMAGES, HW, C_PAD))
+        sum1 = tl.sum(tl.reshape(tl.sum(values, axis=1), (IMAGES, C_PAD // CG, CG)), axis=2)
+        sum2 = tl.sum(tl.reshape(tl.sum(values * values, axis=1), (IMAGES, C_PAD // CG, CG)), axis=2)
+        group_mean = sum1 / (CG * HW)
+        group_rstd = 1.0 / tl.sqrt(tl.maximum(sum2 / (CG * HW) - group_mean * group_mean, 0.0) + eps)
+        mean = tl.reshape(tl.broadcast_to(group_mean[:, :, None], (IMAGES, C_PAD // CG, CG)), (IMAGES, C_PAD))
+        rstd = tl.reshape(tl.broadcast_to(group_rstd[:, :, None], (IMAGES, C_PAD // CG, CG)), (IMAGES, C_PAD))
+        scale = tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :] * rstd
+        shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :] - mean * scale
+        normed = values * scale[:, None, :] + shift[:, None, :]
+        # 2x2 max-pool: pixel (r, s) of image i is row ((i * HO + r // 2) * 2 + r % 2) * W + s.
+        pooled = tl.max(tl.max(tl.reshape(normed, (IMAGES * HO, 2, WO, 2, C_PAD)), axis=3), axis=1)
+        pooled = tl.maximum(pooled, 0.0)  # ReLU commutes with max
+        row = tl.arange(0, IMAGES * HO)[:, None, None]
+        out_image = tl.program_id(0) * IMAGES + row // HO
+        j = tl.arange(0, WO)[None, :, None]
+        dst = (out_ptr + out_image.to(tl.int64) * out_stride_n + (row % HO) * out_stride_h + j * out_stride_w
+               + c[None, None, :] * out_stride_c)
+        tl.store(dst, pooled.to(out_ptr.dtype.element_ty), mask=(out_image < N) & c_ok[None, None, :])
 
-# Up to this many conv taps (input channels x 9) the conv runs inside the kernel; past it, cuDNN's.
+
+# Up to this many taps (input channels x a 4x4 neighbourhood) the conv runs inside the kernel; past it,
+# cuDNN's.
 MAX_IN_KERNEL_TAPS = 64
+
+
+def neighbourhood_weights(weight: Tensor) -> Tensor:
+    """A 3x3 conv's weight (C_out, C_in, 3, 3) as four (C_in * 16, C_out) matrices, one per conv position
+    (di, dj) of a 2x2 pooling window, that map the window's 4x4 input neighbourhood (channel-major, then
+    row, column) to that position's outputs: (4, C_in * 16, C_out), float32, position 2 di + dj."""
+    c_out, c_in = weight.shape[:2]
+    per_position = [torch.nn.functional.pad(weight.float(), (dj, 1 - dj, di, 1 - di)) for di in (0, 1) for dj in (0, 1)]
+    return torch.stack(per_position).permute(0, 2, 3, 4, 1).reshape(4, c_in * 16, c_out).contiguous()
+
+
+# Up to this many pixels an image (H and W powers of 2) a block with many input channels runs in one pass
+# (``_conv_gn_relu_pool_kernel``, the conv result in registers); past it, cuDNN's conv and then the kernel.
+MAX_SINGLE_PASS_PIXELS = 256
+
+
+def _tiles(pooled_pixels: int, conv_in_kernel: bool) -> tuple[int, int]:
+    """(BLOCK_P, num_warps) of ``_gn_relu_pool_kernel`` for a block with this many pooled pixels an
+    image: the fastest measured on an H100 for the encoder's blocks (benchmarks/encoder_block_sweep.py)."""
+    if conv_in_kernel:
+        return 16, 2
+    return max(16, min(64, triton.next_power_of_2(pooled_pixels))), 4 if pooled_pixels >= 64 else 2
+
+
+def _single_pass_tiles(pixels: int) -> tuple[int, int]:
+    """(IMAGES, num_warps) of ``_conv_gn_relu_pool_kernel`` for images of this many pixels."""
+    return max(1, MAX_SINGLE_PASS_PIXELS // pixels), 8
+
+
+def single_pass_supported(x: Tensor) -> bool:
+    """Whether the one-pass kernel takes this block's input (N, C_in, H, W)."""
+    H, W = x.shape[-2:]
+    return power_of_2(H) and power_of_2(W) and H >= 2 and W >= 2 and H * W <= MAX_SINGLE_PASS_PIXELS
 
 
 def fused_block_supported(x: Tensor, groups: int, channels: int) -> bool:
@@ -152,24 +255,36 @@ def _launch(x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor
             out_dtype: torch.dtype) -> Tensor:
     N, c_in, H, W = x.shape
     c_out = weight.shape[0]
-    conv_in_kernel = c_in * 9 <= MAX_IN_KERNEL_TAPS
+    out = torch.empty((N, c_out, H // 2, W // 2), device=x.device, dtype=out_dtype, memory_format=torch.channels_last)
+    if N == 0:
+        return out
+    c_pad = max(16, triton.next_power_of_2(c_out))
+    conv_in_kernel = c_in * 16 <= MAX_IN_KERNEL_TAPS
+    if not conv_in_kernel and single_pass_supported(x):
+        x = x.to(out_dtype)
+        taps = weight.permute(2, 3, 1, 0).reshape(9, c_in, c_out).to(out_dtype).contiguous()  # (tap, in, out)
+        images, num_warps = _single_pass_tiles(H * W)
+        _conv_gn_relu_pool_kernel[(triton.cdiv(N, images),)](
+            x, taps, bias.contiguous(), gamma.contiguous(), beta.contiguous(), out,
+            eps, N, *x.stride(), *out.stride(),
+            C_IN=c_in, K_PAD=max(16, triton.next_power_of_2(c_in)), H=H, W=W, C_OUT=c_out, C_PAD=c_pad,
+            GROUPS=groups, IMAGES=images, num_warps=num_warps,
+        )
+        return out
     if conv_in_kernel:
         x = x.contiguous()  # the in-kernel conv indexes a contiguous image
+        weight = neighbourhood_weights(weight)
     else:
         # The conv's bias is added in the kernel: as cuDNN's separate pass it cost a third of the encoder.
         x = torch.nn.functional.conv2d(
             x.to(out_dtype).contiguous(memory_format=torch.channels_last), weight.to(out_dtype), padding=1
         )
-    out = torch.empty((N, c_out, H // 2, W // 2), device=x.device, dtype=out_dtype, memory_format=torch.channels_last)
-    if N == 0:
-        return out
-    c_pad = max(16, triton.next_power_of_2(c_out))
+    block_p, num_warps = _tiles((H // 2) * (W // 2), conv_in_kernel)
     _gn_relu_pool_kernel[(N,)](
         x, weight.contiguous(), bias.contiguous(), gamma.contiguous(), beta.contiguous(), out,
         eps, *x.stride(), *out.stride(),
         CONV=conv_in_kernel, C_IN=c_in, H=H, W=W, C_OUT=c_out, C_PAD=c_pad, GROUPS=groups,
-        BLOCK_P=max(16, min(2048 // c_pad, triton.next_power_of_2((H // 2) * (W // 2)))),
-        K_PAD=max(16, triton.next_power_of_2(c_in * 9)), num_warps=4,
+        BLOCK_P=block_p, K_PAD=max(16, triton.next_power_of_2(c_in * 16)), num_warps=num_warps,
     )
     return out
 

@@ -28,42 +28,42 @@ if triton is not None:
         Q, d_inner,
         stride_h_b, stride_u_b, stride_u_q, stride_z_b, stride_z_q, stride_dt_b, stride_dt_q,
         stride_B_b, stride_B_q, stride_C_b, stride_C_q, stride_y_b, stride_y_q,
-        N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr, Q_PER_PROGRAM: tl.constexpr,
+        N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
     ):
-        """Grid (batch, d_inner / BLOCK_D, Q / Q_PER_PROGRAM). h, A: (BLOCK_D, N) tiles kept while the
-        program walks its queries BLOCK_Q at a time, (BLOCK_Q, BLOCK_D, N) products per step."""
+        """Grid (batch, d_inner / BLOCK_D, Q / BLOCK_Q): one (BLOCK_Q, BLOCK_D) tile of queries by
+        channels, its inputs loaded at once; the sum over the N state entries is an unrolled loop, so each
+        thread accumulates its own outputs (no cross-thread reduction) and the loads of h's and C's
+        columns do not wait on arithmetic."""
         b = tl.program_id(0)
         d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        d_ok = d < d_inner
-        n = tl.arange(0, N)
-        tile = d[:, None] * N + n[None, :]
-        h = tl.load(h_ptr + b * stride_h_b + tile, mask=d_ok[:, None], other=0.0)[None, :, :]
-        # exp(delta A) as exp2(delta A log2 e): the hardware's exponential is base 2.
-        A2 = (tl.load(A_ptr + tile, mask=d_ok[:, None], other=0.0) * 1.4426950408889634)[None, :, :]
+        q = tl.program_id(2) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        d_ok, q_ok = d < d_inner, q < Q
+        qd_ok = q_ok[:, None] & d_ok[None, :]
+        u = tl.load(u_ptr + b * stride_u_b + q[:, None] * stride_u_q + d[None, :], mask=qd_ok, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + b * stride_z_b + q[:, None] * stride_z_q + d[None, :], mask=qd_ok, other=0.0).to(tl.float32)
+        dt = tl.load(dt_ptr + b * stride_dt_b + q[:, None] * stride_dt_q + d[None, :], mask=qd_ok, other=0.0).to(tl.float32)
+        dt += tl.load(bias_ptr + d, mask=d_ok, other=0.0)[None, :]
+        # softplus with torch's threshold: above 20 it is the identity to float precision
+        delta = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # (BLOCK_Q, BLOCK_D)
+        recalled = tl.zeros((BLOCK_Q, BLOCK_D), tl.float32)
+        key_dot_C = tl.zeros((BLOCK_Q,), tl.float32)
+        h_row = h_ptr + b * stride_h_b + d * N
+        B_row = B_ptr + b * stride_B_b + q * stride_B_q
+        C_row = C_ptr + b * stride_C_b + q * stride_C_q
+        for n in tl.static_range(N):
+            h_n = tl.load(h_row + n, mask=d_ok, other=0.0)
+            # exp(delta A) as exp2(delta A log2 e): the hardware's exponential is base 2.
+            A2_n = tl.load(A_ptr + d * N + n, mask=d_ok, other=0.0) * 1.4426950408889634
+            C_n = tl.load(C_row + n, mask=q_ok, other=0.0).to(tl.float32)
+            recalled += C_n[:, None] * tl.exp2(delta * A2_n[None, :]) * h_n[None, :]
+            key_dot_C += tl.load(B_row + n, mask=q_ok, other=0.0).to(tl.float32) * C_n
         D_skip = tl.load(D_ptr + d, mask=d_ok, other=0.0)[None, :]
-        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0)[None, :]
-        q_in_block = tl.arange(0, BLOCK_Q)
-        q_start = tl.program_id(2) * Q_PER_PROGRAM
-        q_end = tl.minimum(Q, q_start + Q_PER_PROGRAM)
-        for q0 in range(q_start, q_end, BLOCK_Q):
-            q = q0 + q_in_block
-            q_ok = q < q_end
-            qd_ok = q_ok[:, None] & d_ok[None, :]
-            u = tl.load(u_ptr + b * stride_u_b + q[:, None] * stride_u_q + d[None, :], mask=qd_ok, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + b * stride_z_b + q[:, None] * stride_z_q + d[None, :], mask=qd_ok, other=0.0).to(tl.float32)
-            dt = tl.load(dt_ptr + b * stride_dt_b + q[:, None] * stride_dt_q + d[None, :], mask=qd_ok, other=0.0).to(tl.float32) + bias
-            key = tl.load(B_ptr + b * stride_B_b + q[:, None] * stride_B_q + n[None, :], mask=q_ok[:, None], other=0.0).to(tl.float32)
-            C = tl.load(C_ptr + b * stride_C_b + q[:, None] * stride_C_q + n[None, :], mask=q_ok[:, None], other=0.0).to(tl.float32)
-            # softplus with torch's threshold: above 20 it is the identity to float precision
-            delta = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # (BLOCK_Q, BLOCK_D)
-            recalled = tl.sum(tl.exp2(delta[:, :, None] * A2) * h * C[:, None, :], axis=2)
-            own = delta * u * tl.sum(key * C, axis=1)[:, None]
-            y = (recalled + own + D_skip * u) * (z / (1.0 + tl.exp(-z)))
-            tl.store(y_ptr + b * stride_y_b + q[:, None] * stride_y_q + d[None, :], y.to(y_ptr.dtype.element_ty), mask=qd_ok)
+        y = (recalled + delta * u * key_dot_C[:, None] + D_skip * u) * (z / (1.0 + tl.exp(-z)))
+        tl.store(y_ptr + b * stride_y_b + q[:, None] * stride_y_q + d[None, :], y.to(y_ptr.dtype.element_ty), mask=qd_ok)
 
 
-# Tile sizes: the fastest of 108 tried on an H100 (benchmarks/read_kernel_sweep.py).
-BLOCK_D, BLOCK_Q, Q_PER_PROGRAM, NUM_WARPS = 64, 1, 32, 2
+# Tile sizes: the fastest of 50 tried on an H100 (benchmarks/read_kernel_sweep.py).
+BLOCK_D, BLOCK_Q, NUM_WARPS = 32, 16, 1
 
 
 def fused_read_supported(state: Tensor) -> bool:
@@ -90,12 +90,12 @@ def launch_mamba_read(
     if y.numel() == 0:
         return y
     block_d = min(BLOCK_D, triton.next_power_of_2(d_inner))
-    _mamba_read_kernel[(batch, triton.cdiv(d_inner, block_d), triton.cdiv(Q, Q_PER_PROGRAM))](
+    _mamba_read_kernel[(batch, triton.cdiv(d_inner, block_d), triton.cdiv(Q, BLOCK_Q))](
         state, A, D, dt_bias, u, z, dt, B, C, y,
         Q, d_inner,
         state.stride(0), u.stride(0), u.stride(1), z.stride(0), z.stride(1), dt.stride(0), dt.stride(1),
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), y.stride(0), y.stride(1),
-        N=N, BLOCK_D=block_d, BLOCK_Q=BLOCK_Q, Q_PER_PROGRAM=Q_PER_PROGRAM, num_warps=NUM_WARPS,
+        N=N, BLOCK_D=block_d, BLOCK_Q=BLOCK_Q, num_warps=NUM_WARPS,
     )
     return y
 
