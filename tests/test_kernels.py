@@ -27,7 +27,7 @@ def errors() -> dict[str, float]:
 
 def test_fused_blocks_match_modules(errors: dict[str, float]) -> None:
     blocks = {k: v for k, v in errors.items() if k.startswith("block")}
-    assert len(blocks) == 4
+    assert len(blocks) == 6
     assert max(blocks.values()) < 1e-4, blocks
 
 

@@ -23,13 +23,12 @@ from mclstudio.learners.scan import diagonal_read, mamba_transition  # noqa: E40
 
 
 def block_errors() -> dict[str, float]:
-    """conv -> GroupNorm -> ReLU -> MaxPool as one op vs the modules: with the conv inside the two-pass
-    kernel (up to 4 input channels), fewer than 16 channels (padded tiles), in the one-pass kernel (power-of-2
-    sides; several images a program, the last program part empty; channels not a power of 2) and with
-    cuDNN's conv (a side of 6)."""
+    """conv -> GroupNorm -> ReLU -> MaxPool as one op vs the modules: with the conv inside the kernel (up to
+    4 input channels), fewer than 16 channels (padded tiles) and with cuDNN's conv (more input channels;
+    channels not a power of 2, so padding channels form their own groups)."""
     errors = {}
     for c_in, c_out, groups, H, W in [(1, 64, 8, 32, 32), (3, 16, 4, 10, 6), (2, 8, 8, 4, 4), (8, 32, 8, 8, 6),
-                                      (8, 32, 8, 8, 8), (16, 16, 4, 4, 4), (24, 40, 5, 4, 8)]:
+                                      (16, 16, 4, 4, 4), (24, 40, 5, 4, 8)]:
         conv, norm = nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(groups, c_out)
         nn.init.normal_(norm.weight)  # negative scales too: max-pooling must come after the affine map
         nn.init.normal_(norm.bias)

@@ -53,10 +53,11 @@ if triton is not None:
         return a00, a01, a10, a11
 
     @triton.jit
-    def _windows(image, w00, w01, w10, w11, bias, i, j, p_ok, c, c_ok, x_stride_c, x_stride_h, x_stride_w,
+    def _windows(image, w00, w01, w10, w11, i, j, p_ok, c, c_ok, x_stride_c, x_stride_h, x_stride_w,
                  CONV: tl.constexpr, C_IN: tl.constexpr, H: tl.constexpr, W: tl.constexpr, K_PAD: tl.constexpr):
-        """The block's pre-norm values at the four positions of each pooling window. CONV: the conv at
-        position (di, dj) is the window's neighbourhoods times w_{di dj} (K_PAD, C_PAD), on tensor cores."""
+        """The conv's values (without its bias) at the four positions of each pooling window; 0 at
+        positions past the image. CONV: the conv at position (di, dj) is the window's neighbourhoods times
+        w_{di dj} (K_PAD, C_PAD), on tensor cores."""
         if CONV:
             patches = _neighbourhoods(image, i, j, p_ok, C_IN, H, W, K_PAD)
             a00 = tl.dot(patches, w00, input_precision="tf32")
@@ -65,7 +66,7 @@ if triton is not None:
             a11 = tl.dot(patches, w11, input_precision="tf32")
         else:
             a00, a01, a10, a11 = _load_windows(image, i, j, p_ok, c, c_ok, x_stride_c, x_stride_h, x_stride_w)
-        return a00 + bias, a01 + bias, a10 + bias, a11 + bias
+        return a00, a01, a10, a11
 
     @triton.jit
     def _position_weights(w_ptr, position: tl.constexpr, c, c_ok, C_IN: tl.constexpr, C_OUT: tl.constexpr,
@@ -98,7 +99,6 @@ if triton is not None:
         c = tl.arange(0, C_PAD)
         c_ok = c < C_OUT
         image = x_ptr + n * x_stride_n
-        bias = tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
         w00 = tl.zeros((K_PAD, C_PAD), tl.float32)
         w01, w10, w11 = w00, w00, w00
         if CONV:
@@ -106,16 +106,23 @@ if triton is not None:
             w01 = _position_weights(w_ptr, 1, c, c_ok, C_IN, C_OUT, K_PAD)
             w10 = _position_weights(w_ptr, 2, c, c_ok, C_IN, C_OUT, K_PAD)
             w11 = _position_weights(w_ptr, 3, c, c_ok, C_IN, C_OUT, K_PAD)
-        sum1 = tl.zeros((C_PAD,), tl.float32)
-        sum2 = tl.zeros((C_PAD,), tl.float32)
+        # Sums of the conv's values without its bias (so positions past the image add 0 and need no
+        # mask), per tile position; summed across the tile once, after the loop (a reduction across
+        # threads each step would synchronise them every time). This kernel is bound by instructions
+        # issued, not memory: the bias enters the statistics and the affine map once per channel.
+        sum1 = tl.zeros((BLOCK_P, C_PAD), tl.float32)
+        sum2 = tl.zeros((BLOCK_P, C_PAD), tl.float32)
         for p0 in range(0, HO * WO, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
-            p_ok = p < HO * WO
-            a00, a01, a10, a11 = _windows(image, w00, w01, w10, w11, bias, p // WO, p % WO, p_ok, c, c_ok,
+            a00, a01, a10, a11 = _windows(image, w00, w01, w10, w11, p // WO, p % WO, p < HO * WO, c, c_ok,
                                           x_stride_c, x_stride_h, x_stride_w, CONV, C_IN, H, W, K_PAD)
-            valid = p_ok[:, None]
-            sum1 += tl.sum(tl.where(valid, a00 + a01 + a10 + a11, 0.0), axis=0)
-            sum2 += tl.sum(tl.where(valid, a00 * a00 + a01 * a01 + a10 * a10 + a11 * a11, 0.0), axis=0)
+            sum1 += a00 + a01 + a10 + a11
+            sum2 += a00 * a00 + a01 * a01 + a10 * a10 + a11 * a11
+        raw1 = tl.sum(sum1, axis=0)
+        raw2 = tl.sum(sum2, axis=0)
+        bias = tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+        sum1 = raw1 + (H * W) * bias  # sums of (value + bias) and of its square, per channel
+        sum2 = raw2 + 2.0 * bias * raw1 + (H * W) * bias * bias
         # Per-group statistics, spread back to the group's channels (padding channels form their own
         # groups and are never stored).
         count = CG * H * W
@@ -125,7 +132,8 @@ if triton is not None:
         mean = tl.reshape(tl.broadcast_to(group_mean[:, None], (C_PAD // CG, CG)), (C_PAD,))
         rstd = tl.reshape(tl.broadcast_to(group_rstd[:, None], (C_PAD // CG, CG)), (C_PAD,))
         scale = tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32) * rstd
-        shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32) - mean * scale
+        # normalised = (value + bias - mean) * scale + beta = value * scale + shift
+        shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32) + (bias - mean) * scale
         scale = scale[None, :]
         shift = shift[None, :]
         for p0 in range(0, HO * WO, BLOCK_P):
@@ -133,70 +141,13 @@ if triton is not None:
             p_ok = p < HO * WO
             i = p // WO
             j = p % WO
-            a00, a01, a10, a11 = _windows(image, w00, w01, w10, w11, bias, i, j, p_ok, c, c_ok,
+            a00, a01, a10, a11 = _windows(image, w00, w01, w10, w11, i, j, p_ok, c, c_ok,
                                           x_stride_c, x_stride_h, x_stride_w, CONV, C_IN, H, W, K_PAD)
             best = tl.maximum(tl.maximum(a00 * scale + shift, a01 * scale + shift),
                               tl.maximum(a10 * scale + shift, a11 * scale + shift))
             best = tl.maximum(best, 0.0)
             dst = out_ptr + n * out_stride_n + i[:, None] * out_stride_h + j[:, None] * out_stride_w + c[None, :] * out_stride_c
             tl.store(dst, best.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
-
-    @triton.jit
-    def _conv_gn_relu_pool_kernel(
-        x_ptr, w_ptr, bias_ptr, gamma_ptr, beta_ptr, out_ptr,
-        eps, N,
-        x_stride_n, x_stride_c, x_stride_h, x_stride_w,
-        out_stride_n, out_stride_c, out_stride_h, out_stride_w,
-        C_IN: tl.constexpr, K_PAD: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
-        C_OUT: tl.constexpr, C_PAD: tl.constexpr, GROUPS: tl.constexpr, IMAGES: tl.constexpr,
-    ):
-        """A whole block in one pass for small maps: one program takes IMAGES images, convolves them as an
-        implicit GEMM (pixels x input channels times (C_IN, C_OUT) weights, one product per conv tap,
-        on tensor cores), holds the (IMAGES * H * W, C_OUT) result in registers for its statistics,
-        normalises, pools and stores only the pooled map. w: (9, C_IN, C_OUT) in x's dtype."""
-        HW: tl.constexpr = H * W
-        HO: tl.constexpr = H // 2
-        WO: tl.constexpr = W // 2
-        CG: tl.constexpr = C_OUT // GROUPS
-        m = tl.arange(0, IMAGES * HW)
-        image = tl.program_id(0) * IMAGES + m // HW
-        r = (m % HW) // W
-        s = m % W
-        k = tl.arange(0, K_PAD)
-        c = tl.arange(0, C_PAD)
-        k_ok, c_ok = k < C_IN, c < C_OUT
-        at = x_ptr + image[:, None].to(tl.int64) * x_stride_n + k[None, :] * x_stride_c
-        acc = tl.zeros((IMAGES * HW, C_PAD), tl.float32)
-        for tap in tl.static_range(9):
-            rr = r + (tap // 3 - 1)
-            ss = s + (tap % 3 - 1)
-            ok = (image < N) & (rr >= 0) & (rr < H) & (ss >= 0) & (ss < W)
-            pixels = tl.load(at + (rr * x_stride_h + ss * x_stride_w)[:, None], mask=ok[:, None] & k_ok[None, :], other=0.0)
-            weights = tl.load(w_ptr + tap * C_IN * C_OUT + k[:, None] * C_OUT + c[None, :],
-                              mask=k_ok[:, None] & c_ok[None, :], other=0.0)
-            acc = tl.dot(pixels, weights, acc, input_precision="tf32")
-        acc += tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        # Per image and group statistics, spread back to the group's channels (padding channels form
-        # their own groups and are never stored).
-        values = tl.reshape(acc, (IMAGES, HW, C_PAD))
-        sum1 = tl.sum(tl.reshape(tl.sum(values, axis=1), (IMAGES, C_PAD // CG, CG)), axis=2)
-        sum2 = tl.sum(tl.reshape(tl.sum(values * values, axis=1), (IMAGES, C_PAD // CG, CG)), axis=2)
-        group_mean = sum1 / (CG * HW)
-        group_rstd = 1.0 / tl.sqrt(tl.maximum(sum2 / (CG * HW) - group_mean * group_mean, 0.0) + eps)
-        mean = tl.reshape(tl.broadcast_to(group_mean[:, :, None], (IMAGES, C_PAD // CG, CG)), (IMAGES, C_PAD))
-        rstd = tl.reshape(tl.broadcast_to(group_rstd[:, :, None], (IMAGES, C_PAD // CG, CG)), (IMAGES, C_PAD))
-        scale = tl.load(gamma_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :] * rstd
-        shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :] - mean * scale
-        normed = values * scale[:, None, :] + shift[:, None, :]
-        # 2x2 max-pool: pixel (r, s) of image i is row ((i * HO + r // 2) * 2 + r % 2) * W + s.
-        pooled = tl.max(tl.max(tl.reshape(normed, (IMAGES * HO, 2, WO, 2, C_PAD)), axis=3), axis=1)
-        pooled = tl.maximum(pooled, 0.0)  # ReLU commutes with max
-        row = tl.arange(0, IMAGES * HO)[:, None, None]
-        out_image = tl.program_id(0) * IMAGES + row // HO
-        j = tl.arange(0, WO)[None, :, None]
-        dst = (out_ptr + out_image.to(tl.int64) * out_stride_n + (row % HO) * out_stride_h + j * out_stride_w
-               + c[None, None, :] * out_stride_c)
-        tl.store(dst, pooled.to(out_ptr.dtype.element_ty), mask=(out_image < N) & c_ok[None, None, :])
 
 
 # Up to this many taps (input channels x a 4x4 neighbourhood) the conv runs inside the kernel; past it,
@@ -213,28 +164,12 @@ def neighbourhood_weights(weight: Tensor) -> Tensor:
     return torch.stack(per_position).permute(0, 2, 3, 4, 1).reshape(4, c_in * 16, c_out).contiguous()
 
 
-# Up to this many pixels an image (H and W powers of 2) a block with many input channels runs in one pass
-# (``_conv_gn_relu_pool_kernel``, the conv result in registers); past it, cuDNN's conv and then the kernel.
-MAX_SINGLE_PASS_PIXELS = 256
-
-
 def _tiles(pooled_pixels: int, conv_in_kernel: bool) -> tuple[int, int]:
     """(BLOCK_P, num_warps) of ``_gn_relu_pool_kernel`` for a block with this many pooled pixels an
     image: the fastest measured on an H100 for the encoder's blocks (benchmarks/encoder_block_sweep.py)."""
     if conv_in_kernel:
-        return 16, 2
-    return max(16, min(64, triton.next_power_of_2(pooled_pixels))), 4 if pooled_pixels >= 64 else 2
-
-
-def _single_pass_tiles(pixels: int) -> tuple[int, int]:
-    """(IMAGES, num_warps) of ``_conv_gn_relu_pool_kernel`` for images of this many pixels."""
-    return max(1, MAX_SINGLE_PASS_PIXELS // pixels), 8
-
-
-def single_pass_supported(x: Tensor) -> bool:
-    """Whether the one-pass kernel takes this block's input (N, C_in, H, W)."""
-    H, W = x.shape[-2:]
-    return power_of_2(H) and power_of_2(W) and H >= 2 and W >= 2 and H * W <= MAX_SINGLE_PASS_PIXELS
+        return 32, 4
+    return max(16, min(64, triton.next_power_of_2(pooled_pixels))), 4 if pooled_pixels >= 64 else 2 if pooled_pixels >= 16 else 1
 
 
 def fused_block_supported(x: Tensor, groups: int, channels: int) -> bool:
@@ -260,17 +195,6 @@ def _launch(x: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor
         return out
     c_pad = max(16, triton.next_power_of_2(c_out))
     conv_in_kernel = c_in * 16 <= MAX_IN_KERNEL_TAPS
-    if not conv_in_kernel and single_pass_supported(x):
-        x = x.to(out_dtype)
-        taps = weight.permute(2, 3, 1, 0).reshape(9, c_in, c_out).to(out_dtype).contiguous()  # (tap, in, out)
-        images, num_warps = _single_pass_tiles(H * W)
-        _conv_gn_relu_pool_kernel[(triton.cdiv(N, images),)](
-            x, taps, bias.contiguous(), gamma.contiguous(), beta.contiguous(), out,
-            eps, N, *x.stride(), *out.stride(),
-            C_IN=c_in, K_PAD=max(16, triton.next_power_of_2(c_in)), H=H, W=W, C_OUT=c_out, C_PAD=c_pad,
-            GROUPS=groups, IMAGES=images, num_warps=num_warps,
-        )
-        return out
     if conv_in_kernel:
         x = x.contiguous()  # the in-kernel conv indexes a contiguous image
         weight = neighbourhood_weights(weight)
