@@ -52,18 +52,30 @@ def test_fused_read_matches_diagonal_read(errors: dict[str, float]) -> None:
     assert max(reads.values()) < 1e-5, reads
 
 
+def test_fused_conv_token_matches_module(errors: dict[str, float]) -> None:
+    tokens = {k: v for k, v in errors.items() if k.startswith("conv token")}
+    assert len(tokens) == 2
+    # bf16 outputs differ by at most one rounding of the same float32 value
+    assert max(tokens.values()) < 1e-2, tokens
+    assert tokens["conv token b2 q37 d40 float32"] < 1e-5, tokens
+    assert all(v == 0.0 for k, v in errors.items() if k.startswith("dtype conv token"))
+
+
 def test_switch_turns_the_kernels_off_and_back_on() -> None:
     import torch
 
     from mclstudio.learners.kernels import fused_kernels
     from mclstudio.learners.kernels.conv_block import fused_block_supported
+    from mclstudio.learners.kernels.conv_token import fused_conv_token_supported
     from mclstudio.learners.kernels.mamba_read import fused_read_supported
 
     if TRITON_IMPORT_ERROR:
         pytest.skip(f"Triton does not import here: {TRITON_IMPORT_ERROR}")
     images, state = torch.zeros(1, 1, 8, 8), torch.zeros(1, 32, 16)
-    assert fused_block_supported(images, 8, 16) and fused_read_supported(state)
+    queries = torch.zeros(1, 3, 32)
+    assert fused_block_supported(images, 8, 16) and fused_read_supported(state) and fused_conv_token_supported(queries)
     with fused_kernels(False):
         assert not fused_block_supported(images, 8, 16)
         assert not fused_read_supported(state)
-    assert fused_block_supported(images, 8, 16) and fused_read_supported(state)
+        assert not fused_conv_token_supported(queries)
+    assert fused_block_supported(images, 8, 16) and fused_read_supported(state) and fused_conv_token_supported(queries)

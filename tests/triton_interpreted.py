@@ -18,7 +18,9 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1"
 
 from mclstudio.learners.encoders import ConvEncoder  # noqa: E402
 from mclstudio.learners.kernels.conv_block import conv_gn_relu_pool, fused_block_supported  # noqa: E402
+from mclstudio.learners.kernels.conv_token import conv_token  # noqa: E402
 from mclstudio.learners.kernels.mamba_read import mamba_read  # noqa: E402
+from mclstudio.learners.mamba import MambaConfig, MambaMixer  # noqa: E402
 from mclstudio.learners.scan import diagonal_read, mamba_transition  # noqa: E402
 
 
@@ -78,6 +80,27 @@ def read_errors() -> dict[str, float]:
     return errors
 
 
+def conv_token_errors() -> dict[str, float]:
+    """The queries' causal conv vs SelectiveMixer._conv_token: the conv state channel-major (as the stream
+    leaves it), queries a strided half of in_proj's output, d_inner and Q not multiples of the tiles;
+    float32 and bfloat16 queries."""
+    torch.manual_seed(3)
+    errors = {}
+    for batch, Q, d_model, dtype in [(2, 37, 20, torch.float32), (3, 5, 8, torch.bfloat16)]:
+        mixer = MambaMixer(MambaConfig(d_model=d_model))
+        nn.init.normal_(mixer.conv1d.bias)
+        d_inner, K = mixer.d_inner, mixer.d_conv
+        conv_state = torch.randn(d_inner, batch, K).permute(1, 0, 2)
+        x = torch.randn(batch, Q, 2 * d_inner).to(dtype)[..., :d_inner]
+        with torch.no_grad():
+            expected = mixer._conv_token(conv_state.unsqueeze(1), x)
+            got = conv_token(conv_state, x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias)
+        key = f"conv token b{batch} q{Q} d{d_inner} {str(dtype).split('.')[-1]}"
+        errors[key] = ((got.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
+        errors[f"dtype {key}"] = float(got.dtype != dtype or expected.dtype != dtype)
+    return errors
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
-    print(json.dumps({**block_errors(), **encoder_errors(), **read_errors()}))
+    print(json.dumps({**block_errors(), **encoder_errors(), **read_errors(), **conv_token_errors()}))

@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mclstudio.learners.base import Learner, LearnerConfig, State
 from mclstudio.learners.hidden_attention import query_rows, stream_keys
+from mclstudio.learners.kernels.conv_token import conv_token, fused_conv_token_supported
 from mclstudio.learners.scan import ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step, query_weights
 
 
@@ -160,11 +161,12 @@ class SelectiveMixer(nn.Module):
         return self.conv1d(x)[..., : x.shape[-1]]
 
     def _conv_token(self, conv_state: Tensor, x: Tensor) -> Tensor:
-        """The causal conv's output for one new input x (..., d_inner) after the inputs in conv_state
-        (..., d_inner, d_conv) (broadcast against x's leading dims), without building the new buffer."""
+        """The causal conv's output (after SiLU, in x's dtype) for one new input x (..., d_inner) after the
+        inputs in conv_state (..., d_inner, d_conv) (broadcast against x's leading dims), without building
+        the new buffer."""
         weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         past = (conv_state[..., 1:] * weight[:, :-1]).sum(-1)
-        return F.silu(past + x * weight[:, -1] + self.conv1d.bias)
+        return F.silu(past + x * weight[:, -1] + self.conv1d.bias).to(x.dtype)
 
     def step(self, h: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One token. h: (B, d_model); conv_state (B, d_inner, d_conv); ssm_state (B, d_inner, N).
@@ -183,7 +185,10 @@ class SelectiveMixer(nn.Module):
         (B, d_inner, d_conv); ssm_state (B, d_inner, N). Returns out (B, Q, d_model) and, given the
         stream's history, the association rows (B, Q, L). No per-query state is built."""
         x, z = self.in_proj(h).chunk(2, dim=-1)
-        x = self._conv_token(conv_state.unsqueeze(1), x)
+        if x.is_cuda and not torch.is_grad_enabled() and fused_conv_token_supported(x):
+            x = conv_token(conv_state, x, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        else:
+            x = self._conv_token(conv_state.unsqueeze(1), x)
         dt, B, C = self._ssm_inputs(x)
         move = self.transition(dt, B) if history is not None else None
         y = self.read_queries(ssm_state, x, z, dt, B, C, move)
