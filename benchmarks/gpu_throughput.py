@@ -186,15 +186,21 @@ def guarded(fn: Callable[[], dict]) -> dict:
 
 def fused_agreement(learner: Learner, source) -> dict:
     """Logits with the fused inference kernels (no grad) against the PyTorch modules (grad on): float32,
-    8 episodes. Returns the largest difference relative to the largest logit, and the share of equal
-    predictions."""
+    8 episodes. Returns the largest difference relative to the largest logit, the share of equal
+    predictions and, where they differ, how close the modules' top two logits were (relative to the
+    largest logit): a near-tie flips on rounding alone."""
     ep = source.batch([EpisodeSpec(split="test", tasks=20, train_shots=5, test_shots=5, seed=10_000 + i, num_codes=100) for i in range(8)])
     with torch.no_grad():
         fused = learner(ep.stream_x, ep.stream_y, ep.query_x).logits.float()
     with torch.enable_grad():
         plain = learner(ep.stream_x, ep.stream_y, ep.query_x).logits.float().detach()
-    return {"max_rel_diff": ((fused - plain).abs().max() / plain.abs().max()).item(),
-            "same_prediction": (fused.argmax(-1) == plain.argmax(-1)).float().mean().item()}
+    scale = plain.abs().max()
+    differ = fused.argmax(-1) != plain.argmax(-1)
+    top2 = plain.topk(2, dim=-1).values
+    gaps = ((top2[..., 0] - top2[..., 1]) / scale)[differ]
+    return {"max_rel_diff": ((fused - plain).abs().max() / scale).item(),
+            "same_prediction": 1.0 - differ.float().mean().item(),
+            "top2_gap_where_different": gaps.tolist()}
 
 
 def bench_model(name: str, args: argparse.Namespace, source) -> dict:
