@@ -5,8 +5,9 @@ Why: at full resolution with few input channels, the first block's cost is memor
 arithmetic. As four library calls, its (images, channels, H, W) activation is written and read about five
 times: for 51,200 Omniglot images at 64 channels that is 6.7 GB a pass, and 26 of the 35 ms that a
 compiled encoder took on an H100. Here one program reads one image (a few KB), computes the conv in
-registers (on tensor cores, as a product of image patches and weights, in TF32 as cuDNN's float32
-default), takes each group's statistics there, and writes only the pooled result. With many input
+registers (on tensor cores, each pooling window's 4x4 input neighbourhood times one weight matrix per
+conv position, in TF32 as PyTorch's float32 default for convolutions), takes each group's statistics
+there, and writes only the pooled result. With many input
 channels the conv is cuDNN's (inside the op, so the compiler adds no layout copies) and the kernel
 fuses what follows it, which the compiler had split into three passes with a full-size float32
 intermediate.
