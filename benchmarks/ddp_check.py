@@ -14,6 +14,9 @@ its mean over the second half. Encoder pre-training is left off: it runs per ran
     python benchmarks/ddp_check.py --device cuda --procs 2 --model mamba --d-model 256 --layers 12 \\
         --batch-size 32 --steps 300 --out benchmarks/results/ddp_h200x2.json     # on nvidia-h200-x2
 
+``--single-only`` runs the one-process half alone, on a machine with one GPU: the reference curve and
+the 1-GPU rate that a later DDP run is compared with.
+
 Writes JSON naming the device; exits 1 if the curves differ beyond the tolerances.
 """
 
@@ -57,6 +60,35 @@ def run(cmd: list[str], procs: int, threads: int, log_file: Path) -> tuple[list[
     return [json.loads(line) for line in log_file.read_text().splitlines()], seconds
 
 
+def device_name(args: argparse.Namespace) -> str:
+    if args.device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count() or 1} cores)"
+
+
+def single_reference(args: argparse.Namespace) -> None:
+    """The one-process half alone: its loss curve and episodes/s, to compare a DDP run against later."""
+    with tempfile.TemporaryDirectory() as tmp:
+        one = Path(tmp) / "one.pt"
+        logs, seconds = run(train_command(args, args.procs * args.batch_size, one), 1, os.cpu_count() or 1,
+                            one.with_suffix(".jsonl"))
+    tail = logs[args.steps // 2:]
+    report = {
+        "device": device_name(args),
+        "torch": torch.__version__,
+        "settings": vars(args),
+        "global_batch": args.procs * args.batch_size,
+        "episodes_per_s_second_half": sum(x["episodes_per_s"] for x in tail) / len(tail),
+        "second_half_mean_loss": sum(x["loss"] for x in tail) / len(tail),
+        "final_loss": logs[-1]["loss"],
+        "wall_seconds": seconds,
+        "curve": logs,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "curve"}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (NCCL)")
@@ -74,10 +106,18 @@ def main() -> None:
     parser.add_argument("--early-tolerance", type=float, default=1e-4, help="max relative loss difference there")
     parser.add_argument("--curve-tolerance", type=float, default=0.02,
                         help="max relative difference of the second half's mean loss")
+    parser.add_argument("--single-only", action="store_true",
+                        help="run only the one-process half (global batch P x B) on one device: the reference "
+                             "curve and 1-GPU rate for a later DDP run, on a machine with fewer devices than P")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.procs < 2:
         sys.exit("error: --procs must be at least 2")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("error: --device cuda needs a GPU; this machine has none")
+    if args.single_only:
+        single_reference(args)
+        return
     if args.device.startswith("cuda") and torch.cuda.device_count() < args.procs:
         sys.exit(f"error: {args.procs} processes need {args.procs} GPUs; this machine has {torch.cuda.device_count()}")
     cores = os.cpu_count() or 1
@@ -98,7 +138,7 @@ def main() -> None:
     curve_diff = abs(mean(single, "loss") - mean(ddp, "loss")) / abs(mean(single, "loss"))
     ok = diffs[0] == 0.0 and max(diffs[: args.early_steps]) <= args.early_tolerance and curve_diff <= args.curve_tolerance
     report = {
-        "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {cores} cores)",
+        "device": device_name(args),
         "torch": torch.__version__,
         "settings": vars(args),
         "global_batch": args.procs * args.batch_size,
