@@ -170,7 +170,8 @@ def _tiles(pooled_pixels: int, conv_in_kernel: bool) -> tuple[int, int]:
     image: the fastest measured on an H100 for the encoder's blocks (benchmarks/encoder_block_sweep.py)."""
     if conv_in_kernel:
         return 32, 4
-    return max(16, min(64, triton.next_power_of_2(pooled_pixels))), 4 if pooled_pixels >= 64 else 2 if pooled_pixels >= 16 else 1
+    block_p = max(16, min(64, triton.next_power_of_2(pooled_pixels)))
+    return block_p, 4 if pooled_pixels >= 64 else 2 if pooled_pixels >= 16 else 1
 
 
 def fused_block_supported(x: Tensor, groups: int, channels: int) -> bool:
