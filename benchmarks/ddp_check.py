@@ -66,20 +66,32 @@ def device_name(args: argparse.Namespace) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count() or 1} cores)"
 
 
+def run_single(args: argparse.Namespace, tmp: str) -> tuple[list[dict], float]:
+    """The one-process half: one process with the global batch of P x B episodes."""
+    one = Path(tmp) / "one.pt"
+    return run(train_command(args, args.procs * args.batch_size, one), 1, os.cpu_count() or 1, one.with_suffix(".jsonl"))
+
+
+def second_half_mean(logs: list[dict], key: str) -> float:
+    """The mean of a logged value over the second half of the steps: the steady state, after warm-up and
+    first-step overheads."""
+    tail = logs[len(logs) // 2:]
+    return sum(x[key] for x in tail) / len(tail)
+
+
 def single_reference(args: argparse.Namespace) -> None:
     """The one-process half alone: its loss curve and episodes/s, to compare a DDP run against later."""
     with tempfile.TemporaryDirectory() as tmp:
-        one = Path(tmp) / "one.pt"
-        logs, seconds = run(train_command(args, args.procs * args.batch_size, one), 1, os.cpu_count() or 1,
-                            one.with_suffix(".jsonl"))
-    tail = logs[args.steps // 2:]
+        logs, seconds = run_single(args, tmp)
+    if len(logs) != args.steps:
+        sys.exit(f"error: expected {args.steps} log lines, got {len(logs)}")
     report = {
         "device": device_name(args),
         "torch": torch.__version__,
         "settings": vars(args),
         "global_batch": args.procs * args.batch_size,
-        "episodes_per_s_second_half": sum(x["episodes_per_s"] for x in tail) / len(tail),
-        "second_half_mean_loss": sum(x["loss"] for x in tail) / len(tail),
+        "episodes_per_s_second_half": second_half_mean(logs, "episodes_per_s"),
+        "second_half_mean_loss": second_half_mean(logs, "loss"),
         "final_loss": logs[-1]["loss"],
         "wall_seconds": seconds,
         "curve": logs,
@@ -123,19 +135,16 @@ def main() -> None:
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        one, many = Path(tmp) / "one.pt", Path(tmp) / "ddp.pt"
-        single, single_s = run(train_command(args, args.procs * args.batch_size, one), 1, cores, one.with_suffix(".jsonl"))
+        many = Path(tmp) / "ddp.pt"
+        single, single_s = run_single(args, tmp)
         ddp, ddp_s = run(train_command(args, args.batch_size, many), args.procs, max(1, cores // args.procs),
                          many.with_suffix(".jsonl"))
     if len(single) != args.steps or len(ddp) != args.steps:
         sys.exit(f"error: expected {args.steps} log lines, got {len(single)} and {len(ddp)}")
     diffs = [abs(a["loss"] - b["loss"]) / max(abs(a["loss"]), 1e-12) for a, b in zip(single, ddp)]
-    tail = slice(args.steps // 2, None)  # steady state: after warm-up and first-step overheads
-
-    def mean(logs: list[dict], key: str) -> float:
-        return sum(x[key] for x in logs[tail]) / len(logs[tail])
-
-    curve_diff = abs(mean(single, "loss") - mean(ddp, "loss")) / abs(mean(single, "loss"))
+    loss = {"single": second_half_mean(single, "loss"), "ddp": second_half_mean(ddp, "loss")}
+    rate = {"single": second_half_mean(single, "episodes_per_s"), "ddp": second_half_mean(ddp, "episodes_per_s")}
+    curve_diff = abs(loss["single"] - loss["ddp"]) / abs(loss["single"])
     ok = diffs[0] == 0.0 and max(diffs[: args.early_steps]) <= args.early_tolerance and curve_diff <= args.curve_tolerance
     report = {
         "device": device_name(args),
@@ -145,11 +154,11 @@ def main() -> None:
         "first_step_relative_loss_difference": diffs[0],
         "early_steps_max_relative_loss_difference": max(diffs[: args.early_steps]),
         "all_steps_max_relative_loss_difference": max(diffs),
-        "second_half_mean_loss": {"single": mean(single, "loss"), "ddp": mean(ddp, "loss")},
+        "second_half_mean_loss": loss,
         "second_half_mean_loss_relative_difference": curve_diff,
         "final_loss": {"single": single[-1]["loss"], "ddp": ddp[-1]["loss"]},
-        "episodes_per_s_second_half": {"single": mean(single, "episodes_per_s"), "ddp": mean(ddp, "episodes_per_s")},
-        "scaling": mean(ddp, "episodes_per_s") / mean(single, "episodes_per_s"),
+        "episodes_per_s_second_half": rate,
+        "scaling": rate["ddp"] / rate["single"],
         "load_average_before_after": [load_before, os.getloadavg()[0]],
         "wall_seconds": {"single": single_s, "ddp": ddp_s},
         "curves": {"single": single, "ddp": ddp},

@@ -81,12 +81,17 @@ def cuda_scan_available() -> bool:
     return _cuda_scan_module is not None and torch.cuda.is_available()
 
 
-def channel_major(shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
-    """An empty (batch, d, L) tensor laid out as (d, batch, L): the layout of mamba_ssm's Mamba, whose
+def channel_major_strides(shape: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
+    """Strides of a (batch, d, L) tensor laid out as (d, batch, L): the layout of mamba_ssm's Mamba, whose
     projections are computed as weight @ h^T. Time is contiguous and (batch, L) merge into one stride-1
     dim, so the next projection reads it without a copy."""
-    batch, d, L = shape
-    return like.new_empty(d, batch, L).permute(1, 0, 2)
+    batch, _, L = shape
+    return L, batch * L, 1
+
+
+def channel_major(shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
+    """An empty (batch, d, L) tensor with ``channel_major_strides``, like's dtype and device."""
+    return like.new_empty_strided(tuple(shape), channel_major_strides(shape))
 
 
 # needs_exact_strides: inductor hands the op its inputs with the strides seen when it was traced (the
@@ -107,8 +112,7 @@ def _cuda_scan_inference(
     out, intermediates, out_z = _cuda_scan_module.selective_scan_cuda.fwd(
         u, delta, A, B.unsqueeze(1), C.unsqueeze(1), D, z, delta_bias, True
     )
-    batch, _, L = out_z.shape
-    if out_z.stride() != (L, batch * L, 1):
+    if out_z.stride() != channel_major_strides(out_z.shape):
         out_z = channel_major(out_z.shape, out_z).copy_(out_z)
     return out_z, intermediates[:, :, -1, 1::2].contiguous()
 

@@ -132,9 +132,13 @@ class SelectiveMixer(nn.Module):
         )
 
     # ---- shared ----------------------------------------------------------------------------------
+    def _x_proj(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (..., d_inner) post-conv -> dt before dt_proj (..., dt_rank), B (..., N), C (..., N)."""
+        return torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+
     def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x: (..., d_inner) post-conv -> dt before bias (..., d_inner), B (..., N), C (..., N)."""
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._x_proj(x)
         return F.linear(dt, self.dt_proj.weight), B, C
 
     def forward(
@@ -146,7 +150,7 @@ class SelectiveMixer(nn.Module):
         x, z = channels_first_linear(h, self.in_proj.weight).chunk(2, dim=1)  # (B, d_inner, L) each
         conv_state = F.pad(x, (self.d_conv - L, 0)) if L < self.d_conv else x[..., -self.d_conv :]
         x = F.silu(self._causal_conv(x))
-        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._x_proj(x.transpose(1, 2))
         dt = channels_first_linear(dt, self.dt_proj.weight)  # (B, d_inner, L), before dt_proj's bias
         history = (dt.transpose(1, 2), B) if keep_history else None
         B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
