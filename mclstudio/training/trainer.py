@@ -8,6 +8,7 @@ last one, optimizer and schedule included.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from mclstudio.data import Episode, EpisodeSpec, ImageSource, get_source
@@ -100,12 +102,14 @@ class TrainLog:
 
 @dataclass
 class StepStats:
-    """One optimisation step's losses and its mean query score (accuracy, or -MSE for regression)."""
+    """One optimisation step's losses and its mean query score (accuracy, or -MSE for regression).
+    Zero-dim tensors on the training device: reading them waits for the GPU, so the loop only reads
+    them when it logs (a step then never stalls the host on the device)."""
 
-    loss: float
-    task_loss: float
-    slct_loss: float
-    score: float
+    loss: Tensor | float
+    task_loss: Tensor | float
+    slct_loss: Tensor | float
+    score: Tensor | float
 
 
 class LogWindow:
@@ -128,13 +132,20 @@ class LogWindow:
         """Under DDP: replace this rank's sums by the mean over all ranks (every rank must call it at the
         same step), so a log reports the global batch, as one process with that batch would."""
         sums = [self.sums.loss, self.sums.task_loss, self.sums.slct_loss, self.sums.score]
-        buffer = torch.tensor(sums, dtype=torch.float64, device=device)
+        buffer = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in sums])
         dist.all_reduce(buffer)
         buffer /= dist.get_world_size()
         self.sums = StepStats(*buffer.tolist())
 
+    def check_finite(self, step: int) -> None:
+        """Raise FloatingPointError if a loss of this window was NaN or infinite (the run has diverged)."""
+        if self.count and not math.isfinite(float(self.sums.loss)):
+            raise FloatingPointError(f"the loss became {float(self.sums.loss)} by step {step}; try a lower --lr")
+
     def flush(self, step: int, steps: int, episodes_per_step: int, lr: float) -> TrainLog:
         """The means since the last flush (or creation), then start a new window."""
+        self.check_finite(step)
+        self.sums = StepStats(*(float(v) for v in (self.sums.loss, self.sums.task_loss, self.sums.slct_loss, self.sums.score)))
         n = max(self.count, 1)
         elapsed = time.perf_counter() - self.tick
         log = TrainLog(
@@ -170,8 +181,6 @@ def meta_train_step(
         loss_task = task_loss(logits, ep.query_y)
         loss_slct = selectivity_kl(rows, ep.stream_task, ep.query_task) if rows is not None else loss_task.new_zeros(())
         loss = loss_task + slct_lambda * loss_slct
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss.item()} at step {step}; try a lower --lr")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -179,7 +188,13 @@ def meta_train_step(
     schedule.step()
     with torch.no_grad():
         score = -episode_mse(logits, ep.query_y) if ep.query_y.is_floating_point() else episode_accuracy(logits, ep.query_y)
-    return StepStats(loss.item(), loss_task.item(), loss_slct.item(), score.mean().item())
+    return StepStats(loss.detach(), loss_task.detach(), loss_slct.detach(), score.mean())
+
+
+def build_optimizer(learner: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam over the learner's parameters; on CUDA the fused kernel (one launch for every parameter
+    instead of a few per parameter tensor)."""
+    return torch.optim.Adam(learner.parameters(), lr=lr, fused=device.type == "cuda")
 
 
 def warmup_halving_schedule(
@@ -273,7 +288,7 @@ def train(
     base_spec.validate()
     source.episode(base_spec)  # fail early (too many tasks, too few samples) before any training
 
-    optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
+    optimizer = build_optimizer(learner, cfg.lr, device)
     schedule = warmup_halving_schedule(optimizer, cfg.warmup_steps, cfg.lr_halve_every)
     start_step = 0
     previous_metrics: dict[str, Any] = {}
@@ -357,9 +372,11 @@ def train(
             if on_log is not None and rank == 0:
                 on_log(last_log)
         if done % cfg.checkpoint_every == 0 and done != cfg.steps:
+            window.check_finite(done)  # never save a diverged run over a good checkpoint
             checkpoint(done)
         if cfg.max_minutes > 0 and _out_of_time(started, cfg.max_minutes, world, device):
             break
+    window.check_finite(done)
     checkpoint(done)
     if world > 1:
         dist.barrier()
