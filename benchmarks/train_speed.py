@@ -17,6 +17,7 @@ bf16 autocast on CUDA. For each learner at paper size and at the shipped size:
 
     python benchmarks/train_speed.py --device cuda --out benchmarks/results/train_speed.json
     python benchmarks/train_speed.py --device cpu --models mamba --sizes shipped --batch 4 --steps 2  # a smoke run
+    python benchmarks/train_speed.py merge part1.json part2.json all.json  # runs of different learners as one
 
 Writes JSON naming the device, with ``paper_size_episodes_per_s`` and ``shipped_size_episodes_per_s`` per
 learner at the global batch.
@@ -230,7 +231,19 @@ def bench(model: str, size: str, args: argparse.Namespace, device: torch.device,
     return result
 
 
+def merge(parts: list[Path], out: Path) -> None:
+    """One report from runs that measured different learners (e.g. on two GPUs of one machine at once)."""
+    reports = [json.loads(p.read_text()) for p in parts]
+    merged = {k: v for k, v in reports[0].items() if k != "learners"}
+    merged["merged_from"] = [str(p) for p in parts]
+    merged["learners"] = {m: e for r in reports for m, e in r["learners"].items()}
+    out.write_text(json.dumps(merged, indent=1) + "\n")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["merge"]:  # train_speed.py merge A.json B.json OUT.json
+        merge([Path(p) for p in sys.argv[2:-1]], Path(sys.argv[-1]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--models", default=",".join(LEARNERS))
