@@ -61,6 +61,12 @@ def test_fused_conv_token_matches_module(errors: dict[str, float]) -> None:
     assert all(v == 0.0 for k, v in errors.items() if k.startswith("dtype conv token"))
 
 
+def test_fused_rows_and_their_gradients_match_the_einsum(errors: dict[str, float]) -> None:
+    rows = {k: v for k, v in errors.items() if k.startswith("rows")}
+    assert len(rows) == 10  # two shapes: the rows and the gradients of G, delta, B and A
+    assert max(rows.values()) < 1e-5, rows
+
+
 def test_switch_turns_the_kernels_off_and_back_on() -> None:
     import torch
 

@@ -20,6 +20,8 @@ from mclstudio.learners.encoders import ConvEncoder  # noqa: E402
 from mclstudio.learners.kernels.conv_block import conv_gn_relu_pool, fused_block_supported  # noqa: E402
 from mclstudio.learners.kernels.conv_token import conv_token  # noqa: E402
 from mclstudio.learners.kernels.mamba_read import mamba_read  # noqa: E402
+from mclstudio.learners.kernels.mamba_rows import mamba_rows  # noqa: E402
+from mclstudio.learners.hidden_attention import stream_keys  # noqa: E402
 from mclstudio.learners.mamba import MambaConfig, MambaMixer  # noqa: E402
 from mclstudio.learners.scan import diagonal_read, mamba_transition  # noqa: E402
 
@@ -101,6 +103,29 @@ def conv_token_errors() -> dict[str, float]:
     return errors
 
 
+def rows_errors() -> dict[str, float]:
+    """Mamba's fused hidden-attention rows and their gradients (G, delta, B, A) vs the PyTorch einsum over
+    stream_keys: Q, L and d*N not multiples of the tiles, N smaller than the tile's 16."""
+    torch.manual_seed(4)
+    errors = {}
+    for batch, Q, L, d_inner, N in [(2, 37, 70, 12, 16), (1, 5, 9, 8, 4)]:
+        G = torch.randn(batch, Q, d_inner, N, requires_grad=True)
+        delta = (torch.rand(batch, L, d_inner) * 0.5).requires_grad_()
+        B = torch.randn(batch, L, N, requires_grad=True)
+        A = (-torch.rand(d_inner, N) * 3 - 0.1).requires_grad_()
+        weights = torch.randn(batch, Q, L)
+        inputs = {"G": G, "delta": delta, "B": B, "A": A}
+        expected = torch.einsum("bqdn,bldn->bql", G, stream_keys(mamba_transition(delta, A, B))) / d_inner
+        expected_grads = torch.autograd.grad((expected * weights).sum(), list(inputs.values()))
+        got = mamba_rows(G, delta, B, A)
+        got_grads = torch.autograd.grad((got * weights).sum(), list(inputs.values()))
+        key = f"rows b{batch} q{Q} l{L} d{d_inner} n{N}"
+        errors[key] = ((got - expected).abs().max() / expected.abs().max()).item()
+        for name, g, e in zip(inputs, got_grads, expected_grads):
+            errors[f"{key} grad {name}"] = ((g - e).abs().max() / e.abs().max()).item()
+    return errors
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
-    print(json.dumps({**block_errors(), **encoder_errors(), **read_errors(), **conv_token_errors()}))
+    print(json.dumps({**block_errors(), **encoder_errors(), **read_errors(), **conv_token_errors(), **rows_errors()}))

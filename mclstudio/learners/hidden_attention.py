@@ -44,7 +44,12 @@ def query_rows(G: Tensor, H: Tensor) -> Tensor:
     G: (batch, Q, d_inner, N) the queries' weights (``scan.query_weights``); H: (batch, L, d_inner, N)
     from ``stream_keys``. Returns (batch, Q, L): non-negative, summing to 1 over the L stream tokens.
     """
-    alpha = torch.einsum("bqdn,bldn->bql", G, H) / G.shape[-2]
+    return normalised_rows(torch.einsum("bqdn,bldn->bql", G, H) / G.shape[-2])
+
+
+def normalised_rows(alpha: Tensor) -> Tensor:
+    """Association rows from the channel-averaged hidden attention alpha (batch, Q, L): |alpha| summing
+    to 1 over the stream."""
     weight = alpha.abs()
     return weight / (weight.sum(-1, keepdim=True) + ROW_EPS)
 

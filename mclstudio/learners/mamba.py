@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mclstudio.learners.hidden_attention import normalised_rows
 from mclstudio.learners.kernels.mamba_read import fused_read_supported, mamba_read
+from mclstudio.learners.kernels.mamba_rows import fused_rows_supported, mamba_rows
 from mclstudio.learners.scan import ScanBackend, Transition, mamba_transition, selective_scan
 from mclstudio.learners.ssm import SelectiveMixer, SSMConfig, SSMLearner
 
@@ -47,6 +49,13 @@ class MambaMixer(SelectiveMixer):
 
     def scan_sequence(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend) -> tuple[Tensor, Tensor]:
         return selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend)
+
+    def stream_rows(self, history: tuple[Tensor, Tensor], G: Tensor) -> Tensor:
+        """On CUDA, the rows by ``kernels.mamba_rows`` (Mamba's keys made in registers, never stored)."""
+        if G.is_cuda and fused_rows_supported(G):
+            dt, B = history
+            return normalised_rows(mamba_rows(G, F.softplus(dt.float() + self.dt_proj.bias.float()), B, self.A))
+        return super().stream_rows(history, G)
 
     def read_queries(
         self, ssm_state: Tensor, x: Tensor, z: Tensor, dt: Tensor, B: Tensor, C: Tensor, move: Transition | None

@@ -25,7 +25,6 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 
 class Transition(NamedTuple):
@@ -130,10 +129,46 @@ def decay_to_end(log_decay: Tensor) -> Tensor:
     return torch.exp(torch.flip(torch.cumsum(torch.flip(log_decay, [1]), dim=1), [1]) - log_decay)
 
 
-def last_state_from_drives(move: Transition, u: Tensor) -> Tensor:
-    """The state after a stream, built as sum_j exp(R_j) * rate_j * u_j * key_j (no loop).
-    move: the stream's Transition, time second; u: (batch, d_inner, L). Returns (batch, d_inner, N)."""
-    return torch.einsum("bldn,bld,bln->bdn", decay_to_end(move.log_decay), move.rate * widen(u).transpose(1, 2), move.key)
+# A probe token leaves the state as it is: its step size is softplus(PROBE_DT + bias) = 0 exactly in float32
+# (decay exp(0 * A) = 1, drive 0 * u * B = 0) whatever bias dt_proj has learned.
+PROBE_DT = -1.0e4
+
+
+def append_state_probes(
+    u: Tensor, delta: Tensor, B: Tensor, C: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The scan's inputs with N probe tokens after the stream, in float32: probe n has u = 0, B = 0,
+    delta = PROBE_DT and C = e_n, so its output (before the gate) is the last state's column n.
+
+    u, delta: (batch, d_inner, L); B, C: (batch, N, L) -> (batch, d_inner, L + N) and (batch, N, L + N).
+    """
+    batch, N = B.shape[0], B.shape[1]
+    eye = torch.eye(N, device=C.device, dtype=torch.float32).expand(batch, N, N)
+    return (
+        F.pad(u.float(), (0, N)),
+        F.pad(delta.float(), (0, N), value=PROBE_DT),
+        F.pad(B.float(), (0, N)),
+        torch.cat([C.float(), eye], dim=-1),
+    )
+
+
+def scan_with_state_probes(
+    ungated_scan: Callable[..., Tensor],
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """A whole-sequence scan whose last state is differentiable, from a scan that only returns outputs.
+
+    ungated_scan(u, delta, A, B, C, D, delta_bias) -> y (batch, d_inner, L') (softplus on delta, no gate),
+    e.g. mamba_ssm's selective_scan_fn with z=None. The last state is read by ``append_state_probes``,
+    so a gradient on it flows back through the scan's own backward pass (mamba_ssm's ignores a gradient
+    on the last state it returns); no (batch, L, d_inner, N) tensor is formed. Same arguments and
+    results as ``selective_scan``.
+    """
+    L = u.shape[-1]
+    u_probed, delta_probed, B_probed, C_probed = append_state_probes(u, delta, B, C)
+    y = ungated_scan(u_probed, delta_probed, A, B_probed, C_probed, D, delta_bias)
+    gated = y[..., :L] * F.silu(z.float())
+    return gated.to(u.dtype), y[..., L:]
 
 
 def selective_scan(
@@ -164,18 +199,17 @@ def selective_scan(
     args = (u, delta, A.contiguous(), B.contiguous(), C.contiguous(), D.float(), z, delta_bias.float())
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))):
         return _cuda_scan_inference(*args)
-    y, last_state = _cuda_scan_module.selective_scan_fn(
-        *args[:6], z=args[6], delta_bias=args[7], delta_softplus=True, return_last_state=True
-    )
-    # mamba_ssm's backward ignores the gradient of last_state, and our queries are read from it: rebuild
-    # the same state differentiably (recomputed in the backward pass rather than stored: it is large).
+    # Training: our queries are read from the last state, whose gradient mamba_ssm's backward ignores, so
+    # the state is read by probe tokens through the kernel's own outputs.
+    assert _cuda_scan_module is not None
+    scan_fn = _cuda_scan_module.selective_scan_fn
 
-    def rebuild(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tensor) -> Tensor:
-        d = F.softplus(delta.float() + delta_bias.float()[:, None]).transpose(1, 2)
-        return last_state_from_drives(mamba_transition(d, A, B.transpose(1, 2)), u)
+    def ungated(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor) -> Tensor:
+        return scan_fn(u, delta, A, B, C, D, z=None, delta_bias=delta_bias, delta_softplus=True)
 
-    last_state = checkpoint(rebuild, u, delta, A, B, delta_bias, use_reentrant=False)
-    return y, last_state.float()
+    return scan_with_state_probes(ungated, *args)
+
+
 
 
 def widen(t: Tensor) -> Tensor:
