@@ -67,6 +67,12 @@ def test_fused_rows_and_their_gradients_match_the_einsum(errors: dict[str, float
     assert max(rows.values()) < 1e-5, rows
 
 
+def test_fused_diagonal_scan_and_its_gradients_match_the_recurrence(errors: dict[str, float]) -> None:
+    scans = {k: v for k, v in errors.items() if k.startswith("diagonal scan")}
+    assert len(scans) == 14  # two shapes: outputs, and the gradients of the six inputs
+    assert max(scans.values()) < 1e-5, scans
+
+
 def test_switch_turns_the_kernels_off_and_back_on() -> None:
     import torch
 

@@ -21,6 +21,7 @@ from mclstudio.learners.kernels.conv_block import conv_gn_relu_pool, fused_block
 from mclstudio.learners.kernels.conv_token import conv_token  # noqa: E402
 from mclstudio.learners.kernels.mamba_read import mamba_read  # noqa: E402
 from mclstudio.learners.kernels.mamba_rows import mamba_rows  # noqa: E402
+from mclstudio.learners.kernels.diagonal_scan import fused_diagonal_scan  # noqa: E402
 from mclstudio.learners.hidden_attention import stream_keys  # noqa: E402
 from mclstudio.learners.mamba import MambaConfig, MambaMixer  # noqa: E402
 from mclstudio.learners.scan import diagonal_read, mamba_transition  # noqa: E402
@@ -126,6 +127,42 @@ def rows_errors() -> dict[str, float]:
     return errors
 
 
+def diagonal_scan_errors() -> dict[str, float]:
+    """The Triton diagonal scan and its gradients (log_decay, rate, key, u, C, D), with gradients on both
+    outputs (y and the last state), vs the recurrence token by token in float64; d_inner not a multiple
+    of the channel block."""
+    torch.manual_seed(5)
+    errors = {}
+    for batch, L, d_inner, N in [(2, 13, 40, 16), (1, 5, 8, 4)]:
+        inputs = {
+            "log_decay": -torch.rand(batch, L, d_inner, N) * 2,
+            "rate": torch.rand(batch, L, d_inner),
+            "key": torch.randn(batch, L, N),
+            "u": torch.randn(batch, d_inner, L),
+            "C": torch.randn(batch, N, L),
+            "D": torch.randn(d_inner),
+        }
+        leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        ref = {k: v.double().requires_grad_() for k, v in inputs.items()}
+        h = torch.zeros(batch, d_inner, N, dtype=torch.float64)
+        ys = []
+        for t in range(L):
+            h = torch.exp(ref["log_decay"][:, t]) * h + (ref["rate"][:, t] * ref["u"][:, :, t])[..., None] * ref["key"][:, t, None, :]
+            ys.append((h * ref["C"][:, None, :, t]).sum(-1) + ref["D"] * ref["u"][:, :, t])
+        y_ref, last_ref = torch.stack(ys, dim=-1), h
+        w_y, w_last = torch.randn(y_ref.shape, dtype=torch.float64), torch.randn(last_ref.shape, dtype=torch.float64)
+        grads_ref = torch.autograd.grad((y_ref * w_y).sum() + (last_ref * w_last).sum(), list(ref.values()))
+        y, last = fused_diagonal_scan(*leaves.values())
+        grads = torch.autograd.grad((y.double() * w_y).sum() + (last.double() * w_last).sum(), list(leaves.values()))
+        key = f"diagonal scan b{batch} l{L} d{d_inner} n{N}"
+        errors[key] = max(((y.double() - y_ref).abs().max() / y_ref.abs().max()).item(),
+                          ((last.double() - last_ref).abs().max() / last_ref.abs().max()).item())
+        for name, g, e in zip(inputs, grads, grads_ref):
+            errors[f"{key} grad {name}"] = ((g.double() - e).abs().max() / e.abs().max()).item()
+    return errors
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
-    print(json.dumps({**block_errors(), **encoder_errors(), **read_errors(), **conv_token_errors(), **rows_errors()}))
+    print(json.dumps({**block_errors(), **encoder_errors(), **read_errors(), **conv_token_errors(), **rows_errors(),
+                      **diagonal_scan_errors()}))

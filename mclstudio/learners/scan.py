@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mclstudio.learners.kernels.diagonal_scan import fused_diagonal_scan, fused_diagonal_scan_supported
+
 
 class Transition(NamedTuple):
     """How tokens move the state: h <- exp(log_decay) * h + rate * u (x) key, float32.
@@ -234,13 +236,19 @@ def diagonal_scan(
     of those tokens with time second: (batch, T, d_inner, N), (batch, T, d_inner), (batch, T, N).
     Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) float32.
 
-    Time is cut into chunks whose state-independent terms are formed at once (memory stays bounded on
-    long streams). Within a chunk the CPU loops over tokens (fewest operations), while a GPU solves the
-    chunk in parallel (``_chunk_parallel``: T times the arithmetic, but a few large kernels instead of
-    thousands of tiny ones). parallel: force one form (None: by device).
+    On a GPU with Triton the whole sequence is one Triton scan (``kernels.diagonal_scan``, with its own
+    backward pass). Otherwise time is cut into chunks whose state-independent terms are formed at once
+    (memory stays bounded on long streams). Within a chunk the CPU loops over tokens (fewest
+    operations), while a GPU solves the chunk in parallel (``_chunk_parallel``: T times the arithmetic,
+    but a few large kernels instead of thousands of tiny ones). parallel: force one of the chunked forms
+    (None: by device, the Triton scan first).
     """
     dtype_in = u.dtype
     u, z, C = widen(u), widen(z), widen(C)
+    if parallel is None and fused_diagonal_scan_supported(u, C.shape[1]):
+        move = transition(slice(None))
+        y, h = fused_diagonal_scan(move.log_decay, move.rate, move.key, u, C, D)
+        return (y * F.silu(z)).to(dtype_in), h
     parallel = u.is_cuda if parallel is None else parallel
     chunk = PARALLEL_CHUNK if parallel else SCAN_CHUNK
     h: Tensor | None = None
