@@ -65,6 +65,9 @@ def test_fused_rows_and_their_gradients_match_the_einsum(errors: dict[str, float
     rows = {k: v for k, v in errors.items() if k.startswith("rows")}
     assert len(rows) == 10  # two shapes: the rows and the gradients of G, delta, B and A
     assert max(rows.values()) < 1e-5, rows
+    longhorn = {k: v for k, v in errors.items() if k.startswith("longhorn rows")}
+    assert len(longhorn) == 8  # two shapes: the rows and the gradients of G, beta and B
+    assert max(longhorn.values()) < 1e-5, longhorn
 
 
 def test_fused_diagonal_scan_and_its_gradients_match_the_recurrence(errors: dict[str, float]) -> None:

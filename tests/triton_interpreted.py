@@ -20,7 +20,8 @@ from mclstudio.learners.encoders import ConvEncoder  # noqa: E402
 from mclstudio.learners.kernels.conv_block import conv_gn_relu_pool, fused_block_supported  # noqa: E402
 from mclstudio.learners.kernels.conv_token import conv_token  # noqa: E402
 from mclstudio.learners.kernels.mamba_read import mamba_read  # noqa: E402
-from mclstudio.learners.kernels.mamba_rows import mamba_rows  # noqa: E402
+from mclstudio.learners.kernels.hidden_rows import mamba_rows, transition_rows  # noqa: E402
+from mclstudio.learners.longhorn import longhorn_transition  # noqa: E402
 from mclstudio.learners.kernels.diagonal_scan import fused_diagonal_scan  # noqa: E402
 from mclstudio.learners.hidden_attention import stream_keys  # noqa: E402
 from mclstudio.learners.mamba import MambaConfig, MambaMixer  # noqa: E402
@@ -105,8 +106,9 @@ def conv_token_errors() -> dict[str, float]:
 
 
 def rows_errors() -> dict[str, float]:
-    """Mamba's fused hidden-attention rows and their gradients (G, delta, B, A) vs the PyTorch einsum over
-    stream_keys: Q, L and d*N not multiples of the tiles, N smaller than the tile's 16."""
+    """The fused hidden-attention rows and their gradients vs the PyTorch einsum over stream_keys, with
+    Mamba's keys (gradients of G, delta, B, A) and Longhorn's (G, beta, B): Q, L and d*N not multiples of
+    the tiles, N smaller than the tile's 16."""
     torch.manual_seed(4)
     errors = {}
     for batch, Q, L, d_inner, N in [(2, 37, 70, 12, 16), (1, 5, 9, 8, 4)]:
@@ -123,6 +125,17 @@ def rows_errors() -> dict[str, float]:
         key = f"rows b{batch} q{Q} l{L} d{d_inner} n{N}"
         errors[key] = ((got - expected).abs().max() / expected.abs().max()).item()
         for name, g, e in zip(inputs, got_grads, expected_grads):
+            errors[f"{key} grad {name}"] = ((g - e).abs().max() / e.abs().max()).item()
+        # Longhorn's transition: the log-decay per state entry (beta in (0, 1) from delta's role)
+        beta = torch.sigmoid(delta * 4 - 1)
+        longhorn = {"G": G, "beta": beta, "B": B}
+        expected = torch.einsum("bqdn,bldn->bql", G, stream_keys(longhorn_transition(beta, B))) / d_inner
+        expected_grads = torch.autograd.grad((expected * weights).sum(), list(longhorn.values()))
+        got = transition_rows(G, longhorn_transition(beta, B))
+        got_grads = torch.autograd.grad((got * weights).sum(), list(longhorn.values()))
+        key = f"longhorn rows b{batch} q{Q} l{L} d{d_inner} n{N}"
+        errors[key] = ((got - expected).abs().max() / expected.abs().max()).item()
+        for name, g, e in zip(longhorn, got_grads, expected_grads):
             errors[f"{key} grad {name}"] = ((g - e).abs().max() / e.abs().max()).item()
     return errors
 

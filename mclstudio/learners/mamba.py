@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mclstudio.learners.hidden_attention import normalised_rows
 from mclstudio.learners.kernels.mamba_read import fused_read_supported, mamba_read
-from mclstudio.learners.kernels.mamba_rows import fused_rows_supported, mamba_rows
+from mclstudio.learners.kernels.hidden_rows import fused_rows_supported, mamba_rows
 from mclstudio.learners.scan import ScanBackend, Transition, mamba_transition, selective_scan
 from mclstudio.learners.ssm import SelectiveMixer, SSMConfig, SSMLearner
 
@@ -51,7 +51,8 @@ class MambaMixer(SelectiveMixer):
         return selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend)
 
     def stream_rows(self, history: tuple[Tensor, Tensor], G: Tensor) -> Tensor:
-        """On CUDA, the rows by ``kernels.mamba_rows`` (Mamba's keys made in registers, never stored)."""
+        """On CUDA, the rows by ``kernels.hidden_rows`` with Mamba's keys made in registers from (L, d)
+        and (L, N) inputs (the generic fused rows first form the (B, L, d_inner, N) log-decay)."""
         if G.is_cuda and fused_rows_supported(G):
             dt, B = history
             return normalised_rows(mamba_rows(G, F.softplus(dt.float() + self.dt_proj.bias.float()), B, self.A))

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mclstudio.learners.base import Learner, LearnerConfig, State
-from mclstudio.learners.hidden_attention import query_rows, stream_keys
+from mclstudio.learners.hidden_attention import normalised_rows, query_rows, stream_keys
+from mclstudio.learners.kernels.hidden_rows import fused_rows_supported, transition_rows
 from mclstudio.learners.kernels.conv_token import conv_token, fused_conv_token_supported
 from mclstudio.learners.scan import ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step, query_weights
 
@@ -211,6 +212,9 @@ class SelectiveMixer(nn.Module):
         """Association rows (B, Q, L) of queries with weights G (B, Q, d_inner, N) over the stream whose
         (dt, B) are history. Under autograd the (B, L, d_inner, N) keys are recomputed in the backward
         pass rather than stored: they are the largest tensor of a training step."""
+
+        if G.is_cuda and fused_rows_supported(G):  # the keys made tile by tile in a kernel
+            return normalised_rows(transition_rows(G, self.transition(*history)))
 
         def rows(dt: Tensor, B: Tensor, G: Tensor) -> Tensor:
             return query_rows(G, stream_keys(self.transition(dt, B)))
