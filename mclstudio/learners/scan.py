@@ -136,6 +136,48 @@ def last_state_from_drives(move: Transition, u: Tensor) -> Tensor:
     return torch.einsum("bldn,bld,bln->bdn", decay_to_end(move.log_decay), move.rate * widen(u).transpose(1, 2), move.key)
 
 
+def segment_layout(ends: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """The stream cut at the boundaries ``ends`` (K,) (increasing token counts in 0..length) into K
+    segments [ends[k-1], ends[k]) (ends[-1] := 0), laid out as a (K, T) grid of token positions, T the
+    longest segment. Returns index (K, T) int64 (0 where unused) and valid (K, T) bool."""
+    starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+    lengths = ends - starts
+    width = max(1, int(lengths.max()))
+    offsets = torch.arange(width, device=ends.device)
+    valid = offsets[None, :] < lengths[:, None]
+    index = torch.where(valid, starts[:, None] + offsets[None, :], torch.zeros_like(offsets)[None, :])
+    return index, valid
+
+
+def states_at_ends(transition: Callable[[Tensor], Transition], u: Tensor, ends: Tensor) -> Tensor:
+    """The state after each of the first ends[k] tokens, built from the scan's inputs (no loop over tokens).
+
+    transition(index): the Transition of the tokens at positions index (K, T), time dims (K, T) second:
+    log_decay (batch, K, T, d, N), rate (batch, K, T, d), key (batch, K, T, N). u: (batch, d, L);
+    ends: (K,) increasing token counts in 0..L (0 gives the empty state).
+    Returns (batch, K, d, N) float32.
+
+    Numerically safe on long streams: within a segment each drive decays to the segment's end by a
+    reverse cumulative sum over that segment alone (``decay_to_end``), then the K segment summaries are
+    chained (h_k = exp(total decay of segment k) h_{k-1} + segment k's drives), so no exponent is ever a
+    difference of two long sums.
+    """
+    index, valid = segment_layout(ends, u.shape[-1])
+    move = transition(index)
+    keep = valid[None, :, :, None]  # (1, K, T, 1)
+    log_decay = torch.where(keep[..., None], move.log_decay, torch.zeros((), dtype=move.log_decay.dtype, device=u.device))
+    drive_rate = torch.where(keep, move.rate * widen(u).transpose(1, 2)[:, index], torch.zeros((), dtype=move.rate.dtype, device=u.device))
+    tail = torch.flip(torch.cumsum(torch.flip(log_decay, [2]), dim=2), [2]) - log_decay  # decay to segment end
+    segment = torch.einsum("bktdn,bktd,bktn->bkdn", torch.exp(tail), drive_rate, move.key)
+    segment_decay = torch.exp(log_decay.sum(2))  # (batch, K, d, N)
+    states = []
+    h = torch.zeros_like(segment[:, 0])
+    for k in range(segment.shape[1]):  # K boundaries (tasks), not tokens: a few small ops each
+        h = segment_decay[:, k] * h + segment[:, k]
+        states.append(h)
+    return torch.stack(states, dim=1)
+
+
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -275,13 +317,14 @@ def diagonal_step(state: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, mov
 def diagonal_read(state: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, move: Transition) -> Tensor:
     """Queries as one more token each after the same state, without building each query's new state.
 
-    state: (B, d_inner, N) float32; u, z: (B, Q, d_inner); C: (B, Q, N); move: the queries' Transition.
+    state: (B, d_inner, N) float32, or one per query (B, Q, d_inner, N); u, z: (B, Q, d_inner); C: (B, Q, N);
+    move: the queries' Transition.
     y_q = sum_n G_q[d, n] h[d, n] + rate_q u_q (key_q . C_q) + D u_q, with G_q = C_q exp(log_decay_q)
     (``query_weights``). Returns y (B, Q, d_inner) in u's dtype.
     """
     u_f, C_f = widen(u), widen(C)
     # One product summed over n: a compiler fuses it into one pass, never storing (B, Q, d_inner, N).
-    recalled = (query_weights(C_f, move.log_decay) * state.unsqueeze(1)).sum(-1)
+    recalled = (query_weights(C_f, move.log_decay) * (state if state.dim() == 4 else state.unsqueeze(1))).sum(-1)
     own = move.rate * u_f * (move.key * C_f).sum(-1, keepdim=True)
     y = (recalled + own + D * u_f) * F.silu(widen(z))
     return y.to(u.dtype)

@@ -29,7 +29,9 @@ from torch.utils.checkpoint import checkpoint
 from mclstudio.learners.base import Learner, LearnerConfig, State
 from mclstudio.learners.hidden_attention import query_rows, stream_keys
 from mclstudio.learners.kernels.conv_token import conv_token, fused_conv_token_supported
-from mclstudio.learners.scan import ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step, query_weights
+from mclstudio.learners.scan import (
+    ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step, query_weights, states_at_ends,
+)
 
 
 @dataclass
@@ -49,12 +51,16 @@ class SSMConfig(LearnerConfig):
 @dataclass
 class SSMState(State):
     """conv[l]: (B, d_inner, d_conv) last inputs of layer l's convolution; ssm[l]: (B, d_inner, d_state).
-    history[l]: the stream's (dt, B) of layer l, (B, L, d_inner) and (B, L, N), kept only for rows."""
+    history[l]: the stream's (dt, B) of layer l, (B, L, d_inner) and (B, L, N), kept only for rows.
+    ends: None, or (K,) increasing token counts: then the state is the memory after each of the first
+    ends[k] tokens (for queries with boundaries), conv[l] (B, K, d_inner, d_conv), ssm[l] (B, K, d_inner,
+    d_state), and only ``SSMLearner.read`` with query_end takes it."""
 
     conv: list[Tensor]
     ssm: list[Tensor]
     length: int
     history: list[tuple[Tensor, Tensor]] | None = None
+    ends: Tensor | None = None
 
     def tensors(self) -> list[Tensor]:
         return [*self.conv, *self.ssm]
@@ -142,20 +148,44 @@ class SelectiveMixer(nn.Module):
         return F.linear(dt, self.dt_proj.weight), B, C
 
     def forward(
-        self, h: Tensor, backend: ScanBackend = "auto", keep_history: bool = False
+        self, h: Tensor, backend: ScanBackend = "auto", keep_history: bool = False, ends: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """Whole sequence. h: (B, L, d_model) -> out (B, L, d_model), conv state (B, d_inner, d_conv),
-        SSM state (B, d_inner, d_state) and, if keep_history, the stream's (dt, B) for rows."""
+        SSM state (B, d_inner, d_state) and, if keep_history, the stream's (dt, B) for rows.
+        ends: (K,) increasing token counts: return the conv and SSM states after each of the first ends[k]
+        tokens instead, (B, K, d_inner, d_conv) and (B, K, d_inner, d_state)."""
         L = h.shape[1]
         x, z = channels_first_linear(h, self.in_proj.weight).chunk(2, dim=1)  # (B, d_inner, L) each
-        conv_state = F.pad(x, (self.d_conv - L, 0)) if L < self.d_conv else x[..., -self.d_conv :]
+        if ends is None:
+            conv_state = F.pad(x, (self.d_conv - L, 0)) if L < self.d_conv else x[..., -self.d_conv :]
+        else:  # the d_conv inputs before each boundary (zeros before the stream)
+            window = ends[:, None] + torch.arange(self.d_conv, device=ends.device)  # (K, d_conv)
+            conv_state = F.pad(x, (self.d_conv, 0))[:, :, window].transpose(1, 2)
         x = F.silu(self._causal_conv(x))
         dt, B, C = self._x_proj(x.transpose(1, 2))
         dt = channels_first_linear(dt, self.dt_proj.weight)  # (B, d_inner, L), before dt_proj's bias
         history = (dt.transpose(1, 2), B) if keep_history else None
+        B_time = B
         B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
         y, ssm_state = self.scan_sequence(x, dt, B, C, z, backend)
+        if ends is not None:
+            ssm_state = self.states_at(x, dt, B_time, ends)
         return self.out_proj(y.transpose(1, 2)), conv_state.contiguous(), ssm_state, history
+
+    def states_at(self, x: Tensor, dt: Tensor, B: Tensor, ends: Tensor) -> Tensor:
+        """SSM states after each of the first ends[k] tokens (``scan.states_at_ends``), from the scan's
+        inputs, which suits every backend (mamba_ssm's kernel returns only the last state). x: post-conv
+        (B, d_inner, L); dt: before dt_proj's bias (B, d_inner, L); B: (B, L, N); ends: (K,).
+        Returns (B, K, d_inner, N) float32. Under autograd the (B, L, d_inner, N) terms are recomputed
+        in the backward pass rather than stored."""
+
+        def build(x: Tensor, dt: Tensor, B: Tensor) -> Tensor:
+            dt_time = dt.transpose(1, 2)  # (B, L, d_inner)
+            return states_at_ends(lambda index: self.transition(dt_time[:, index], B[:, index]), x, ends)
+
+        if torch.is_grad_enabled():
+            return checkpoint(build, x, dt, B, use_reentrant=False)
+        return build(x, dt, B)
 
     def _causal_conv(self, x: Tensor) -> Tensor:
         """The depthwise causal convolution of a sequence x: (B, d_inner, L) -> (B, d_inner, L).
@@ -186,10 +216,13 @@ class SelectiveMixer(nn.Module):
         self, h: Tensor, conv_state: Tensor, ssm_state: Tensor, history: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """Queries, each one more token after the stream. h: (B, Q, d_model); conv_state
-        (B, d_inner, d_conv); ssm_state (B, d_inner, N). Returns out (B, Q, d_model) and, given the
-        stream's history, the association rows (B, Q, L). No per-query state is built."""
+        (B, d_inner, d_conv); ssm_state (B, d_inner, N), or per query (B, Q, d_inner, d_conv) and
+        (B, Q, d_inner, N). Returns out (B, Q, d_model) and, given the stream's history, the association
+        rows (B, Q, L) of a query read right after the whole stream."""
         x, z = self.in_proj(h).chunk(2, dim=-1)
-        if x.is_cuda and not torch.is_grad_enabled() and fused_conv_token_supported(x):
+        if conv_state.dim() == 4:  # one state per query
+            x = self._conv_token(conv_state, x)
+        elif x.is_cuda and not torch.is_grad_enabled() and fused_conv_token_supported(x):
             x = conv_token(conv_state, x, self.conv1d.weight.squeeze(1), self.conv1d.bias)
         else:
             x = self._conv_token(conv_state.unsqueeze(1), x)
@@ -259,15 +292,15 @@ class SSMLearner(Learner):
             length=0,
         )
 
-    def scan(self, h: Tensor, keep_history: bool = False) -> SSMState:
+    def scan(self, h: Tensor, keep_history: bool = False, ends: Tensor | None = None) -> SSMState:
         conv, ssm, history = [], [], []
         for layer in self.layers:
-            out, conv_state, ssm_state, layer_history = layer.mixer(layer.norm(h), self.scan_backend, keep_history)
+            out, conv_state, ssm_state, layer_history = layer.mixer(layer.norm(h), self.scan_backend, keep_history, ends)
             h = h + out
             conv.append(conv_state)
             ssm.append(ssm_state)
             history.append(layer_history)
-        return SSMState(conv, ssm, h.shape[1], history if keep_history else None)
+        return SSMState(conv, ssm, h.shape[1], history if keep_history else None, ends)
 
     def step(self, state: SSMState, h: Tensor) -> SSMState:
         conv, ssm = [], []
@@ -278,15 +311,27 @@ class SSMLearner(Learner):
             ssm.append(ssm_state)
         return SSMState(conv, ssm, state.length + 1)
 
-    def read(self, state: SSMState, hq: Tensor, with_rows: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+    def read(
+        self, state: SSMState, hq: Tensor, with_rows: bool = False, query_end: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        """With query_end (Q,) (token counts, all in ``state.ends``), each query is read from the state at
+        its own boundary. Rows are then given only for queries whose boundary is the stream's end; the
+        others' rows are zero (exact rows at every boundary would need the stream's keys relative to each
+        boundary: K times the largest tensor of a step). ``selectivity_kl`` skips zero rows."""
         if with_rows and state.history is None:
             raise ValueError("rows need a state from scan(..., keep_history=True)")
+        if (query_end is None) != (state.ends is None):
+            raise ValueError("query_end needs a state from scan(..., ends=...) and the other way round")
+        slot = None if query_end is None or state.ends is None else torch.searchsorted(state.ends, query_end)
         rows: list[Tensor] = []
         h = hq  # (B, Q, D): each query is one more step from the same state
         for i, layer in enumerate(self.layers):
             history = state.history[i] if with_rows and state.history is not None else None
-            out, layer_rows = layer.mixer.read(layer.norm(h), state.conv[i], state.ssm[i], history)
+            conv, ssm = (state.conv[i], state.ssm[i]) if slot is None else (state.conv[i][:, slot], state.ssm[i][:, slot])
+            out, layer_rows = layer.mixer.read(layer.norm(h), conv, ssm, history)
             if layer_rows is not None:
+                if query_end is not None:
+                    layer_rows = layer_rows * (query_end == state.length).to(layer_rows.dtype)[None, :, None]
                 rows.append(layer_rows)
             h = h + out
         return h, rows if with_rows else None

@@ -1,0 +1,84 @@
+"""Anytime queries: every learner answers a query with a boundary exactly as if the stream had stopped
+there (parallel path, recurrent path, association rows), and the training side (boundary sampling and
+the selectivity target over the visible prefix)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mclstudio.learners.registry import build_learner, make_config
+from learner_helpers import inputs, stream_recurrently
+
+TINY = dict(d_model=32, n_layers=2, x_shape=(1, 8, 8), y_vocab=10, encoder_channels=8)
+EXTRA = {"transformer": dict(n_heads=2, d_ff=64), "linear_transformer": dict(n_heads=2, d_ff=64),
+         "performer": dict(n_heads=2, d_ff=64, n_features=16)}
+LEARNERS = ["mamba", "longhorn", "transformer", "linear_transformer", "performer"]
+SSMS = {"mamba", "longhorn"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(name: str):
+    torch.manual_seed(0)
+    return build_learner(make_config(name, **TINY, **EXTRA.get(name, {}))).eval().double()
+
+
+QUERY_END = torch.tensor([6, 2, 0, 4, 6, 3])  # pairs each query sees (N = 6), shared by the batch
+
+
+@pytest.mark.parametrize("name", LEARNERS)
+def test_queries_with_boundaries_match_the_truncated_stream(name):
+    model = tiny(name)
+    sx, sy, qx = inputs(N=6, Q=len(QUERY_END))
+    out = model(sx, sy, qx, with_rows=True, query_end=QUERY_END)
+    for q, e in enumerate(QUERY_END.tolist()):
+        # the recurrent path stopped at the boundary answers the same (the only path for an empty stream)
+        state = stream_recurrently(model, sx[:, :e], sy[:, :e])
+        torch.testing.assert_close(model.query(state, qx[:, q : q + 1])[:, 0], out.logits[:, q], rtol=1e-9, atol=1e-9)
+        if e == 0:
+            assert all(torch.all(rows[:, q] == 0) for rows in out.rows)
+            continue
+        alone = model(sx[:, :e], sy[:, :e], qx[:, q : q + 1], with_rows=True)
+        torch.testing.assert_close(out.logits[:, q], alone.logits[:, 0], rtol=1e-9, atol=1e-9)
+        for rows, rows_alone in zip(out.rows, alone.rows):
+            assert torch.all(rows[:, q, 2 * e :] == 0)
+            if name in SSMS and e < 6:
+                # SSMs give rows only at the stream's end (documented): zero rows elsewhere
+                assert torch.all(rows[:, q] == 0)
+            else:
+                torch.testing.assert_close(rows[:, q, : 2 * e], rows_alone[:, 0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", LEARNERS)
+def test_query_end_at_the_stream_end_is_the_plain_forward(name):
+    model = tiny(name)
+    sx, sy, qx = inputs(N=6, Q=3)
+    plain = model(sx, sy, qx, with_rows=True)
+    full = model(sx, sy, qx, with_rows=True, query_end=torch.full((3,), 6))
+    torch.testing.assert_close(full.logits, plain.logits, rtol=1e-9, atol=1e-9)
+    for a, b in zip(full.rows, plain.rows):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mamba", "transformer"])
+def test_gradients_flow_through_boundary_states(name):
+    model = tiny(name).train()
+    sx, sy, qx = inputs(N=6, Q=len(QUERY_END))
+    out = model(sx, sy, qx, query_end=QUERY_END)
+    out.logits.sum().backward()
+    grad = model.embedding.y_embed.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_bad_query_end_is_refused():
+    model = tiny("mamba")
+    sx, sy, qx = inputs(N=6, Q=2)
+    with pytest.raises(ValueError, match="query_end"):
+        model(sx, sy, qx, query_end=torch.tensor([1, 7]))
