@@ -82,3 +82,47 @@ def test_bad_query_end_is_refused():
     sx, sy, qx = inputs(N=6, Q=2)
     with pytest.raises(ValueError, match="query_end"):
         model(sx, sy, qx, query_end=torch.tensor([1, 7]))
+
+
+# ---- the training side ------------------------------------------------------------------------------
+from mclstudio.training.anytime import anytime_generator, sample_query_end, task_boundaries  # noqa: E402
+from mclstudio.training.losses import selectivity_kl, selectivity_targets  # noqa: E402
+from mclstudio.training.trainer import TrainConfig  # noqa: E402
+
+
+def test_boundaries_are_drawn_at_or_after_the_querys_own_task():
+    stream_task = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3])  # uneven shots: task ends after 2, 5, 6, 8 pairs
+    assert task_boundaries(stream_task).tolist() == [2, 5, 6, 8]
+    query_task = torch.tensor([0, 1, 2, 3, 0])
+    seen: list[set[int]] = [set() for _ in range(5)]
+    for step in range(200):
+        ends = sample_query_end(stream_task, query_task, anytime_generator(0, step))
+        assert ends.dtype == torch.int64
+        for q, e in enumerate(ends.tolist()):
+            seen[q].add(e)
+    assert seen == [{2, 5, 6, 8}, {5, 6, 8}, {6, 8}, {8}, {2, 5, 6, 8}]
+    # a pure function of (seed, step)
+    a = sample_query_end(stream_task, query_task, anytime_generator(3, 7))
+    assert torch.equal(a, sample_query_end(stream_task, query_task, anytime_generator(3, 7)))
+    others = [sample_query_end(stream_task, query_task, anytime_generator(3, s)) for s in range(8, 12)]
+    assert not all(torch.equal(a, o) for o in others)
+
+
+def test_selectivity_target_covers_the_visible_same_task_tokens():
+    stream_task = torch.tensor([0, 0, 1, 1])  # 8 tokens
+    query_task = torch.tensor([0, 1, 0])
+    p = selectivity_targets(stream_task, query_task, torch.tensor([1, 3, 4]))
+    assert torch.allclose(p[0], torch.tensor([0.5, 0.5, 0, 0, 0, 0, 0, 0]))
+    assert torch.allclose(p[1], torch.tensor([0, 0, 0, 0, 0.5, 0.5, 0, 0]))
+    assert torch.allclose(p[2], torch.tensor([0.25, 0.25, 0.25, 0.25, 0, 0, 0, 0]))
+    # zero rows (no row given at that boundary) are left out of the mean: only query 0 counts here
+    rows = torch.zeros(1, 3, 8)
+    rows[0, 0] = torch.tensor([0.25, 0.25, 0.25, 0.25, 0, 0, 0, 0])
+    loss = selectivity_kl([rows], stream_task, query_task, torch.tensor([1, 3, 4]))
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+
+
+def test_anytime_is_the_default_objective():
+    assert TrainConfig().objective == "anytime"
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="middle").validate()
