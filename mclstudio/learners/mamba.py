@@ -45,8 +45,10 @@ class MambaMixer(SelectiveMixer):
     def transition(self, dt: Tensor, B: Tensor) -> Transition:
         return mamba_transition(F.softplus(dt + self.dt_proj.bias), self.A, B)
 
-    def scan_sequence(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend) -> tuple[Tensor, Tensor]:
-        return selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend)
+    def scan_sequence(
+        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend, last_state_grad: bool = True
+    ) -> tuple[Tensor, Tensor]:
+        return selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend, last_state_grad)
 
     def read_queries(
         self, ssm_state: Tensor, x: Tensor, z: Tensor, dt: Tensor, B: Tensor, C: Tensor, move: Transition | None

@@ -188,12 +188,15 @@ def selective_scan(
     z: Tensor,
     delta_bias: Tensor,
     backend: ScanBackend = "auto",
+    last_state_grad: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Mamba's scan of a whole sequence; delta goes through softplus(delta + delta_bias).
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, N) (negative); B, C: (batch, N, L);
     D, delta_bias: (d_inner,).
     Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) in float32.
+    last_state_grad False: the caller does not back-propagate through the last state (anytime queries
+    read states built by ``states_at_ends``), so the CUDA path skips rebuilding it differentiably.
     """
     use_cuda = backend == "cuda" or (backend == "auto" and u.is_cuda and _cuda_scan_module is not None)
     if not use_cuda:
@@ -209,6 +212,8 @@ def selective_scan(
     y, last_state = _cuda_scan_module.selective_scan_fn(
         *args[:6], z=args[6], delta_bias=args[7], delta_softplus=True, return_last_state=True
     )
+    if not last_state_grad:
+        return y, last_state.float()
     # mamba_ssm's backward ignores the gradient of last_state, and our queries are read from it: rebuild
     # the same state differentiably (recomputed in the backward pass rather than stored: it is large).
 

@@ -128,10 +128,13 @@ class SelectiveMixer(nn.Module):
     def transition(self, dt: Tensor, B: Tensor) -> Transition:
         """dt: (..., d_inner) before dt_proj's bias; B: (..., N) -> the token's Transition."""
 
-    def scan_sequence(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend) -> tuple[Tensor, Tensor]:
+    def scan_sequence(
+        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend, last_state_grad: bool = True
+    ) -> tuple[Tensor, Tensor]:
         """The recurrence over a whole sequence. x, dt, z: (B, d_inner, L); B, C: (B, N, L).
-        Returns gated y (B, d_inner, L) in x's dtype and the last state (B, d_inner, N) float32.
-        Mamba overrides this to use mamba_ssm's fused kernel on CUDA."""
+        Returns gated y (B, d_inner, L) in x's dtype and the last state (B, d_inner, N) float32
+        (last_state_grad False: the caller needs no gradient through it). Mamba overrides this to use
+        mamba_ssm's fused kernel on CUDA."""
         return diagonal_scan(
             x, z, C, self.D,
             lambda t: self.transition(dt[:, :, t].transpose(1, 2), B[:, :, t].transpose(1, 2)),
@@ -167,7 +170,7 @@ class SelectiveMixer(nn.Module):
         history = (dt.transpose(1, 2), B) if keep_history else None
         B_time = B
         B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        y, ssm_state = self.scan_sequence(x, dt, B, C, z, backend)
+        y, ssm_state = self.scan_sequence(x, dt, B, C, z, backend, last_state_grad=ends is None)
         if ends is not None:
             ssm_state = self.states_at(x, dt, B_time, ends)
         return self.out_proj(y.transpose(1, 2)), conv_state.contiguous(), ssm_state, history
