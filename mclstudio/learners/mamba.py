@@ -46,9 +46,9 @@ class MambaMixer(SelectiveMixer):
         return mamba_transition(F.softplus(dt + self.dt_proj.bias), self.A, B)
 
     def scan_sequence(
-        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend, last_state_grad: bool = True
+        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend, ends: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        return selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend, last_state_grad)
+        return selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend, ends)
 
     def read_queries(
         self, ssm_state: Tensor, x: Tensor, z: Tensor, dt: Tensor, B: Tensor, C: Tensor, move: Transition | None

@@ -188,41 +188,52 @@ def selective_scan(
     z: Tensor,
     delta_bias: Tensor,
     backend: ScanBackend = "auto",
-    last_state_grad: bool = True,
+    ends: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mamba's scan of a whole sequence; delta goes through softplus(delta + delta_bias).
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, N) (negative); B, C: (batch, N, L);
     D, delta_bias: (d_inner,).
-    Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) in float32.
-    last_state_grad False: the caller does not back-propagate through the last state (anytime queries
-    read states built by ``states_at_ends``), so the CUDA path skips rebuilding it differentiably.
+    Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) in float32, or with
+    ends (K,) (increasing token counts) the states after each of the first ends[k] tokens (batch, K, d_inner, N).
     """
     use_cuda = backend == "cuda" or (backend == "auto" and u.is_cuda and _cuda_scan_module is not None)
     if not use_cuda:
-        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias)
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, ends)
     if _cuda_scan_module is None:
         raise RuntimeError(f"the CUDA selective scan is unavailable ({CUDA_SCAN_IMPORT_ERROR}); "
                            "pip install 'mclstudio[cuda]' on a machine with nvcc")
     # The kernel reads any batch and channel strides; only time must be contiguous.
     u, delta, z = (t if t.stride(-1) == 1 else t.contiguous() for t in (u, delta, z))
     args = (u, delta, A.contiguous(), B.contiguous(), C.contiguous(), D.float(), z, delta_bias.float())
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))):
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    if not training and ends is None:
         return _cuda_scan_inference(*args)
-    y, last_state = _cuda_scan_module.selective_scan_fn(
-        *args[:6], z=args[6], delta_bias=args[7], delta_softplus=True, return_last_state=True
-    )
-    if not last_state_grad:
-        return y, last_state.float()
-    # mamba_ssm's backward ignores the gradient of last_state, and our queries are read from it: rebuild
-    # the same state differentiably (recomputed in the backward pass rather than stored: it is large).
+    if training:
+        y, last_state = _cuda_scan_module.selective_scan_fn(
+            *args[:6], z=args[6], delta_bias=args[7], delta_softplus=True, return_last_state=True
+        )
+    else:
+        y, last_state = _cuda_scan_inference(*args)
+    if ends is None:
+        # mamba_ssm's backward ignores the gradient of last_state, and our queries are read from it:
+        # rebuild the same state differentiably (recomputed in the backward pass rather than stored).
+        def rebuild(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tensor) -> Tensor:
+            d = F.softplus(delta.float() + delta_bias.float()[:, None]).transpose(1, 2)
+            return last_state_from_drives(mamba_transition(d, A, B.transpose(1, 2)), u)
 
-    def rebuild(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tensor) -> Tensor:
+        return y, checkpoint(rebuild, u, delta, A, B, delta_bias, use_reentrant=False).float()
+
+    # The kernel returns only the last state: build the boundary states from its inputs (likewise
+    # recomputed in the backward pass when training).
+    def at_ends(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tensor) -> Tensor:
         d = F.softplus(delta.float() + delta_bias.float()[:, None]).transpose(1, 2)
-        return last_state_from_drives(mamba_transition(d, A, B.transpose(1, 2)), u)
+        B_time = B.transpose(1, 2)
+        return states_at_ends(lambda index: mamba_transition(d[:, index], A, B_time[:, index]), u, ends)
 
-    last_state = checkpoint(rebuild, u, delta, A, B, delta_bias, use_reentrant=False)
-    return y, last_state.float()
+    if training:
+        return y, checkpoint(at_ends, u, delta, A, B, delta_bias, use_reentrant=False)
+    return y, at_ends(u, delta, A, B, delta_bias)
 
 
 def widen(t: Tensor) -> Tensor:
@@ -238,14 +249,22 @@ def mamba_transition(delta: Tensor, A: Tensor, B: Tensor) -> Transition:
 
 
 def diagonal_scan(
-    u: Tensor, z: Tensor, C: Tensor, D: Tensor, transition: Callable[[slice], Transition], parallel: bool | None = None
+    u: Tensor,
+    z: Tensor,
+    C: Tensor,
+    D: Tensor,
+    transition: Callable[[slice], Transition],
+    parallel: bool | None = None,
+    ends: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The diagonal recurrence over a whole sequence, in float32 (any device).
 
     h_t = exp(log_decay_t) * h_{t-1} + rate_t * u_t (x) key_t;  y_t = C_t . h_t + D * u_t, gated by silu(z_t).
     u, z: (batch, d_inner, L); C: (batch, N, L); D: (d_inner,). transition(t_slice) gives the Transition
     of those tokens with time second: (batch, T, d_inner, N), (batch, T, d_inner), (batch, T, N).
-    Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) float32.
+    Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) float32, or with
+    ends (K,) (increasing token counts in 0..L) the states after each of the first ends[k] tokens,
+    (batch, K, d_inner, N), kept as the scan passes them.
 
     Time is cut into chunks whose state-independent terms are formed at once (memory stays bounded on
     long streams). Within a chunk the CPU loops over tokens (fewest operations), while a GPU solves the
@@ -258,6 +277,8 @@ def diagonal_scan(
     chunk = PARALLEL_CHUNK if parallel else SCAN_CHUNK
     h: Tensor | None = None
     ys = []
+    kept: list[Tensor] = []  # states at the ends, in order
+    wanted = None if ends is None else ends.tolist()
     for start in range(0, u.shape[2], chunk):
         t_slice = slice(start, start + chunk)
         move = transition(t_slice)
@@ -265,8 +286,13 @@ def diagonal_scan(
         if h is None:
             h = drive.new_zeros(drive.shape[0], drive.shape[2], drive.shape[3])
         C_chunk = C[:, :, t_slice].transpose(1, 2)  # (batch, T, N)
+        if wanted is not None:
+            while wanted and wanted[0] <= start:  # ends before this chunk's first token
+                kept.append(h)
+                wanted.pop(0)
         if parallel:
-            y_chunk, h = _chunk_parallel(move.log_decay, drive, C_chunk, h)
+            y_chunk, hs_chunk = _chunk_parallel(move.log_decay, drive, C_chunk, h)
+            h = hs_chunk[:, -1]
             ys.append(y_chunk)
         else:
             decay = torch.exp(move.log_decay)
@@ -274,35 +300,41 @@ def diagonal_scan(
             for t in range(decay.shape[1]):  # the only sequential part: one fused multiply-add per token
                 h = torch.addcmul(drive[:, t], decay[:, t], h)
                 hs.append(h)
+            hs_chunk = torch.stack(hs, dim=1)
             # the chunk's readout in one contraction (one op per chunk, not one per token)
-            ys.append(torch.einsum("btdn,btn->bdt", torch.stack(hs, dim=1), C_chunk))
+            ys.append(torch.einsum("btdn,btn->bdt", hs_chunk, C_chunk))
+        if wanted is not None:
+            while wanted and wanted[0] <= start + hs_chunk.shape[1]:
+                kept.append(hs_chunk[:, wanted.pop(0) - start - 1])
     assert h is not None, "empty sequence"
     y = torch.cat(ys, dim=2) + D[:, None] * u
     y = y * F.silu(z)
-    return y.to(dtype_in), h
+    return y.to(dtype_in), (h if ends is None else torch.stack(kept, dim=1))
 
 
 def _chunk_parallel(log_decay: Tensor, drive: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
     """One chunk of the recurrence at once: h_t = exp(S_t) h0 + sum_{j<=t} exp(S_t - S_j) drive_j, with S
     the running sum of log_decay in the chunk. log_decay, drive: (batch, T, d, N); C: (batch, T, N);
-    h0: (batch, d, N). Returns y (batch, d, T) before D and the gate, and the chunk's last state."""
+    h0: (batch, d, N). Returns y (batch, d, T) before D and the gate, and the chunk's states (batch, T, d, N)."""
     S = torch.cumsum(log_decay, dim=1)
     T = S.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=S.device).tril()
     # exp(S_t - S_j) <= 1 for j <= t; the rest is masked before exp so it cannot overflow.
     diff = (S.unsqueeze(2) - S.unsqueeze(1)).masked_fill(~causal[None, :, :, None, None], float("-inf"))
     hs = torch.einsum("btjdn,bjdn->btdn", torch.exp(diff), drive) + torch.exp(S) * h0.unsqueeze(1)
-    return torch.einsum("btdn,btn->bdt", hs, C), hs[:, -1]
+    return torch.einsum("btdn,btn->bdt", hs, C), hs
 
 
 def selective_scan_reference(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor,
+    ends: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mamba's scan on ``diagonal_scan``. Same arguments and results as ``selective_scan``."""
     delta = F.softplus(widen(delta) + delta_bias[:, None])
     B = widen(B)
     return diagonal_scan(
-        u, z, C, D, lambda t: mamba_transition(delta[:, :, t].transpose(1, 2), A, B[:, :, t].transpose(1, 2))
+        u, z, C, D, lambda t: mamba_transition(delta[:, :, t].transpose(1, 2), A, B[:, :, t].transpose(1, 2)),
+        ends=ends,
     )
 
 

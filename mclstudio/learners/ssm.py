@@ -30,7 +30,7 @@ from mclstudio.learners.base import Learner, LearnerConfig, State
 from mclstudio.learners.hidden_attention import query_rows, stream_keys
 from mclstudio.learners.kernels.conv_token import conv_token, fused_conv_token_supported
 from mclstudio.learners.scan import (
-    ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step, query_weights, states_at_ends,
+    ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step, query_weights,
 )
 
 
@@ -129,15 +129,16 @@ class SelectiveMixer(nn.Module):
         """dt: (..., d_inner) before dt_proj's bias; B: (..., N) -> the token's Transition."""
 
     def scan_sequence(
-        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend, last_state_grad: bool = True
+        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend, ends: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """The recurrence over a whole sequence. x, dt, z: (B, d_inner, L); B, C: (B, N, L).
-        Returns gated y (B, d_inner, L) in x's dtype and the last state (B, d_inner, N) float32
-        (last_state_grad False: the caller needs no gradient through it). Mamba overrides this to use
-        mamba_ssm's fused kernel on CUDA."""
+        Returns gated y (B, d_inner, L) in x's dtype and the last state (B, d_inner, N) float32, or with
+        ends (K,) the states after each of the first ends[k] tokens (B, K, d_inner, N).
+        Mamba overrides this to use mamba_ssm's fused kernel on CUDA."""
         return diagonal_scan(
             x, z, C, self.D,
             lambda t: self.transition(dt[:, :, t].transpose(1, 2), B[:, :, t].transpose(1, 2)),
+            ends=ends,
         )
 
     # ---- shared ----------------------------------------------------------------------------------
@@ -168,27 +169,9 @@ class SelectiveMixer(nn.Module):
         dt, B, C = self._x_proj(x.transpose(1, 2))
         dt = channels_first_linear(dt, self.dt_proj.weight)  # (B, d_inner, L), before dt_proj's bias
         history = (dt.transpose(1, 2), B) if keep_history else None
-        B_time = B
         B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        y, ssm_state = self.scan_sequence(x, dt, B, C, z, backend, last_state_grad=ends is None)
-        if ends is not None:
-            ssm_state = self.states_at(x, dt, B_time, ends)
+        y, ssm_state = self.scan_sequence(x, dt, B, C, z, backend, ends)
         return self.out_proj(y.transpose(1, 2)), conv_state.contiguous(), ssm_state, history
-
-    def states_at(self, x: Tensor, dt: Tensor, B: Tensor, ends: Tensor) -> Tensor:
-        """SSM states after each of the first ends[k] tokens (``scan.states_at_ends``), from the scan's
-        inputs, which suits every backend (mamba_ssm's kernel returns only the last state). x: post-conv
-        (B, d_inner, L); dt: before dt_proj's bias (B, d_inner, L); B: (B, L, N); ends: (K,).
-        Returns (B, K, d_inner, N) float32. Under autograd the (B, L, d_inner, N) terms are recomputed
-        in the backward pass rather than stored."""
-
-        def build(x: Tensor, dt: Tensor, B: Tensor) -> Tensor:
-            dt_time = dt.transpose(1, 2)  # (B, L, d_inner)
-            return states_at_ends(lambda index: self.transition(dt_time[:, index], B[:, index]), x, ends)
-
-        if torch.is_grad_enabled():
-            return checkpoint(build, x, dt, B, use_reentrant=False)
-        return build(x, dt, B)
 
     def _causal_conv(self, x: Tensor) -> Tensor:
         """The depthwise causal convolution of a sequence x: (B, d_inner, L) -> (B, d_inner, L).
