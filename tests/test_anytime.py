@@ -12,8 +12,8 @@ from learner_helpers import inputs, stream_recurrently
 
 TINY = dict(d_model=32, n_layers=2, x_shape=(1, 8, 8), y_vocab=10, encoder_channels=8)
 EXTRA = {"transformer": dict(n_heads=2, d_ff=64), "linear_transformer": dict(n_heads=2, d_ff=64),
-         "performer": dict(n_heads=2, d_ff=64, n_features=16)}
-LEARNERS = ["mamba", "longhorn", "transformer", "linear_transformer", "performer"]
+         "performer": dict(n_heads=2, d_ff=64, n_features=16), "protonet": dict(n_layers=1)}
+LEARNERS = ["mamba", "longhorn", "transformer", "linear_transformer", "performer", "protonet"]
 SSMS = {"mamba", "longhorn"}
 
 
@@ -27,7 +27,7 @@ def _one_thread():
 
 def tiny(name: str):
     torch.manual_seed(0)
-    return build_learner(make_config(name, **TINY, **EXTRA.get(name, {}))).eval().double()
+    return build_learner(make_config(name, **{**TINY, **EXTRA.get(name, {})})).eval().double()
 
 
 QUERY_END = torch.tensor([6, 2, 0, 4, 6, 3])  # pairs each query sees (N = 6), shared by the batch

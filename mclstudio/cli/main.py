@@ -17,7 +17,7 @@ from mclstudio import __version__
 from mclstudio.cli.errors import ERROR_TYPES
 from mclstudio.cli.options import adapter_option, precision_option
 
-MODELS = ["mamba", "transformer", "linear_transformer", "performer", "longhorn"]  # = learners.registry.LEARNERS (kept here: importing it loads torch)
+MODELS = ["mamba", "transformer", "linear_transformer", "performer", "longhorn", "protonet"]  # = learners.registry.LEARNERS (kept here: importing it loads torch)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
