@@ -75,6 +75,17 @@ def test_streaming_equals_parallel_and_the_state_is_fixed():
     torch.testing.assert_close(state.layer_norms()[:, 0], state.sums.flatten(1).norm(dim=1))
 
 
+def test_every_trainable_parameter_gets_a_gradient():
+    """(DDP needs it.) The label table and head take no part and are frozen; the encoder learns."""
+    model = tiny().train()
+    sx, sy, qx = inputs(N=6, Q=4)
+    out = model(sx, sy, qx, with_rows=True, query_end=torch.tensor([6, 2, 4, 6]))
+    (out.logits.logsumexp(-1).sum() + out.rows[0].sum()).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("embedding.x_encoder") for n, _ in trainable)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable)
+
+
 def test_config_refuses_layers_and_regression():
     with pytest.raises(ValueError, match="n_layers"):
         ProtoNetConfig(n_layers=4)

@@ -64,7 +64,13 @@ def prototype_logits(hq: Tensor, sums: Tensor, counts: Tensor, slot: Tensor | No
 
     hq: (B, Q, D) query embeddings; sums (B, K, V, D) and counts (B, K, V): K memories (one per boundary);
     slot: (Q,) which memory each query reads (None: K must be 1). Returns (B, Q, V) in float32 (at least).
-    Expanded as |q|^2 - 2 q.m + |m|^2 so no (B, Q, V, D) tensor is formed."""
+    Expanded as |q|^2 - 2 q.m + |m|^2 so no (B, Q, V, D) tensor is formed; in float32 (autocast off:
+    the expansion cancels, which bf16 would not survive)."""
+    with torch.autocast(hq.device.type, enabled=False):
+        return _prototype_logits(hq, sums, counts, slot)
+
+
+def _prototype_logits(hq: Tensor, sums: Tensor, counts: Tensor, slot: Tensor | None) -> Tensor:
     ct = torch.promote_types(hq.dtype, torch.float32)
     hq, sums, counts = hq.to(ct), sums.to(ct), counts.to(ct)
     means = sums / counts.clamp(min=1).unsqueeze(-1)  # (B, K, V, D)
@@ -81,8 +87,9 @@ def example_rows(hq: Tensor, hx: Tensor, visible: Tensor | None = None) -> Tenso
     from the query, each pair's share split between its x and y tokens; zero rows where nothing is visible.
     hq (B, Q, D); hx (B, N, D) stream x embeddings; visible: (Q, N) bool or None (all)."""
     ct = torch.promote_types(hq.dtype, torch.float32)
-    hq, hx = hq.to(ct), hx.to(ct)
-    score = 2 * hq @ hx.transpose(1, 2) - hx.pow(2).sum(-1)[:, None, :]  # -dist up to a per-query constant
+    with torch.autocast(hq.device.type, enabled=False):
+        hq, hx = hq.to(ct), hx.to(ct)
+        score = 2 * hq @ hx.transpose(1, 2) - hx.pow(2).sum(-1)[:, None, :]  # -dist up to a per-query constant
     if visible is not None:
         score = score.masked_fill(~visible, float("-inf"))
     weight = torch.softmax(score, dim=-1)
@@ -98,9 +105,10 @@ class ProtoNetLearner(Learner):
 
     def __init__(self, config: ProtoNetConfig) -> None:
         super().__init__(config)
-        # Codes are used as they are: the label table (tied to the head) takes no part, and is frozen so
-        # that it gets no gradient (DDP requires every trainable parameter to get one).
+        # Codes are used as they are: the label table (tied to the head) and the head take no part, and
+        # are frozen (DDP requires every trainable parameter to get a gradient).
         self.embedding.y_embed.requires_grad_(False)
+        self.head.requires_grad_(False)
         self.norm_f = nn.Identity()
 
     # ---- the four model operations: ProtoNet reads codes, not label embeddings ----------------------
@@ -149,8 +157,9 @@ class ProtoNetLearner(Learner):
             positions = torch.arange(n, device=stream_x.device)
             seen = (positions[None, :] < ends[:, None]).to(ct)  # (K, N)
             visible = positions[None, :] < query_end[:, None]  # (Q, N)
-        sums = torch.einsum("kn,bnv,bnd->bkvd", seen, codes, stream_x.to(ct))
-        counts = torch.einsum("kn,bnv->bkv", seen, codes)
+        with torch.autocast(stream_x.device.type, enabled=False):  # sums in float32
+            sums = torch.einsum("kn,bnv,bnd->bkvd", seen, codes, stream_x.to(ct))
+            counts = torch.einsum("kn,bnv->bkv", seen, codes)
         logits = prototype_logits(query_x, sums, counts, slot)
         return LearnerOutput(logits, [example_rows(query_x, stream_x, visible)] if with_rows else None)
 

@@ -168,7 +168,8 @@ def states_at_ends(transition: Callable[[Tensor], Transition], u: Tensor, ends: 
     log_decay = torch.where(keep[..., None], move.log_decay, torch.zeros((), dtype=move.log_decay.dtype, device=u.device))
     drive_rate = torch.where(keep, move.rate * widen(u).transpose(1, 2)[:, index], torch.zeros((), dtype=move.rate.dtype, device=u.device))
     tail = torch.flip(torch.cumsum(torch.flip(log_decay, [2]), dim=2), [2]) - log_decay  # decay to segment end
-    segment = torch.einsum("bktdn,bktd,bktn->bkdn", torch.exp(tail), drive_rate, move.key)
+    with torch.autocast(u.device.type, enabled=False):  # the state accumulates in float32, never bf16
+        segment = torch.einsum("bktdn,bktd,bktn->bkdn", torch.exp(tail), drive_rate, move.key)
     segment_decay = torch.exp(log_decay.sum(2))  # (batch, K, d, N)
     states = []
     h = torch.zeros_like(segment[:, 0])
