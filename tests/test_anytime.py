@@ -175,3 +175,26 @@ def test_states_at_ends_stay_accurate_in_float32_on_long_streams():
                              lambda t: longhorn_transition(beta[:, t], B_time[:, t]), ends=ends)
     single = states_at_ends(lambda index: longhorn_transition(beta.float()[:, index], B_time.float()[:, index]), u.float(), ends)
     torch.testing.assert_close(single.double(), exact, rtol=1e-4, atol=1e-5)
+
+
+def test_train_objective_option(tmp_path, capsys):
+    from mclstudio.cli.main import main
+
+    def run(*args):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            return exc.code or 0, capsys.readouterr().err
+        return 0, capsys.readouterr().err
+
+    base = ["train", "--model", "transformer", "--tasks", "3", "--shots", "1", "--test-shots", "1", "--steps", "2",
+            "--batch-size", "2", "--d-model", "16", "--layers", "1", "--heads", "2", "--encoder-channels", "8",
+            "--y-vocab", "12", "--device", "cpu"]
+    for objective in ("anytime", "end"):
+        out = tmp_path / f"{objective}.pt"
+        code, err = run(*base, *([] if objective == "anytime" else ["--objective", "end"]), "-o", out)
+        assert code == 0, err
+        meta = torch.load(out, weights_only=True)["metadata"]
+        assert meta["train_config"]["objective"] == objective
+    code, err = run(*base, "--objective", "middle", "-o", tmp_path / "bad.pt")
+    assert code == 2 and "middle" in err and "Traceback" not in err and not (tmp_path / "bad.pt").exists()
