@@ -29,9 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from mclstudio.learners.base import Learner, LearnerConfig, State
 from mclstudio.learners.hidden_attention import query_rows, stream_keys
 from mclstudio.learners.kernels.conv_token import conv_token, fused_conv_token_supported
-from mclstudio.learners.scan import (
-    ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step, query_weights,
-)
+from mclstudio.learners.scan import ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step, query_weights
 
 
 @dataclass
