@@ -158,13 +158,14 @@ def diagonal_scan_errors() -> dict[str, float]:
         leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
         ref = {k: v.double().requires_grad_() for k, v in inputs.items()}
         h = torch.zeros(batch, d_inner, N, dtype=torch.float64)
-        ys = []
+        ys, hs_list = [], []
         for t in range(L):
             h = torch.exp(ref["log_decay"][:, t]) * h + (ref["rate"][:, t] * ref["u"][:, :, t])[..., None] * ref["key"][:, t, None, :]
+            hs_list.append(h)
             ys.append((h * ref["C"][:, None, :, t]).sum(-1) + ref["D"] * ref["u"][:, :, t])
         y_ref, last_ref = torch.stack(ys, dim=-1), h
         w_y, w_last = torch.randn(y_ref.shape, dtype=torch.float64), torch.randn(last_ref.shape, dtype=torch.float64)
-        grads_ref = torch.autograd.grad((y_ref * w_y).sum() + (last_ref * w_last).sum(), list(ref.values()))
+        grads_ref = torch.autograd.grad((y_ref * w_y).sum() + (last_ref * w_last).sum(), list(ref.values()), retain_graph=True)
         y, last = fused_diagonal_scan(*leaves.values())
         grads = torch.autograd.grad((y.double() * w_y).sum() + (last.double() * w_last).sum(), list(leaves.values()))
         key = f"diagonal scan b{batch} l{L} d{d_inner} n{N}"
@@ -172,6 +173,16 @@ def diagonal_scan_errors() -> dict[str, float]:
                           ((last.double() - last_ref).abs().max() / last_ref.abs().max()).item())
         for name, g, e in zip(inputs, grads, grads_ref):
             errors[f"{key} grad {name}"] = ((g.double() - e).abs().max() / e.abs().max()).item()
+        # states kept at boundaries (0 = the empty state, a repeat, the end) and their gradients
+        ends = torch.tensor([0, 2, 2, L - 1, L])
+        hs_ref = torch.stack([torch.zeros_like(hs_list[0])] + hs_list, dim=1)[:, ends]
+        w_ends = torch.randn(hs_ref.shape, dtype=torch.float64)
+        grads_ref = torch.autograd.grad((y_ref * w_y).sum() + (hs_ref * w_ends).sum(), list(ref.values()))
+        y, at_ends = fused_diagonal_scan(*leaves.values(), ends=ends)
+        grads = torch.autograd.grad((y.double() * w_y).sum() + (at_ends.double() * w_ends).sum(), list(leaves.values()))
+        errors[f"{key} ends"] = ((at_ends.double() - hs_ref).abs().max() / hs_ref.abs().max()).item()
+        for name, g, e in zip(inputs, grads, grads_ref):
+            errors[f"{key} ends grad {name}"] = ((g.double() - e).abs().max() / e.abs().max()).item()
     return errors
 
 

@@ -17,7 +17,7 @@ from mclstudio import __version__
 from mclstudio.cli.errors import ERROR_TYPES
 from mclstudio.cli.options import adapter_option, precision_option
 
-MODELS = ["mamba", "transformer", "linear_transformer", "performer", "longhorn"]  # = learners.registry.LEARNERS (kept here: importing it loads torch)
+MODELS = ["mamba", "transformer", "linear_transformer", "performer", "longhorn", "protonet"]  # = learners.registry.LEARNERS (kept here: importing it loads torch)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -50,6 +50,9 @@ def _learner_overrides(**kw: Any) -> dict[str, Any]:
 @click.option("--lr-halve-every", default=10000, show_default=True)
 @click.option("--warmup", default=100, show_default=True, help="Linear learning-rate warm-up steps.")
 @click.option("--slct-lambda", default=0.1, show_default=True, help="Selectivity regularisation weight (0 = off).")
+@click.option("--objective", type=click.Choice(["anytime", "end"]), default="anytime", show_default=True,
+              help="anytime: each query sees the stream up to a random task boundary at or after its task; "
+                   "end: every query sees the whole stream.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
@@ -87,7 +90,7 @@ def train(**kw: Any) -> None:
         model=kw["model"], dataset=kw["dataset"], root=kw["root"], download=kw["download"], tasks=kw["tasks"],
         train_shots=kw["shots"], test_shots=kw["test_shots"], noise_std=kw["noise"], steps=kw["steps"],
         batch_size=kw["batch_size"], lr=kw["lr"], lr_halve_every=kw["lr_halve_every"], warmup_steps=kw["warmup"],
-        slct_lambda=kw["slct_lambda"], seed=kw["seed"], device=kw["device"], amp=kw["amp"],
+        slct_lambda=kw["slct_lambda"], objective=kw["objective"], seed=kw["seed"], device=kw["device"], amp=kw["amp"],
         checkpoint_every=kw["checkpoint_every"], log_every=kw["log_every"],
         out=kw["out"] or f"checkpoints/{kw['model']}.pt", resume=kw["resume"], max_minutes=kw["max_minutes"], pretrain_steps=kw["pretrain_steps"],
         frozen_encoder_steps=kw["frozen_encoder_steps"], learner=learner,

@@ -16,6 +16,10 @@ so scan, step and read agree.
 
 Association rows (``read(..., with_rows=True)``): each layer's attention row of a query over the stream
 tokens, averaged over heads, with the query's weight on itself dropped and the rest renormalised to sum 1.
+
+Anytime queries (``read(..., query_end=e)``): query q sits at position e[q] and attends to the stream
+tokens before it only: a mask for softmax; for kernel attention the masked quadratic form phi(q) phi(K)^T
+over the prefix, which equals reading the prefix sums S and z at e[q].
 """
 
 from __future__ import annotations
@@ -173,18 +177,21 @@ class MatrixState(State):
     """Kernel (linear / Performer) attention's memory, fixed size: per layer
     S[l]: (B, H, m, d_head) = sum_j phi(k_j) v_j^T and z[l]: (B, H, m) = sum_j phi(k_j).
 
-    phi_k[l]: (B, H, length, m), the features of every key read so far, kept only when asked for
-    (``scan(..., keep_history=True)``) because association rows need them; it is not part of the memory
-    proper (not in ``tensors()`` or ``nbytes()``).
+    phi_k[l]: (B, H, length, m) and values[l]: (B, H, length, d_head), the features and values of every
+    token read so far, kept only when asked for (``scan(..., keep_history=True)`` or with ``ends``)
+    because association rows and anytime queries need them; they are not part of the memory proper (not
+    in ``tensors()`` or ``nbytes()``).
     """
 
     def __init__(
-        self, S: list[Tensor], z: list[Tensor], length: int, phi_k: list[Tensor] | None = None
+        self, S: list[Tensor], z: list[Tensor], length: int, phi_k: list[Tensor] | None = None,
+        values: list[Tensor] | None = None,
     ) -> None:
         self.S = S
         self.z = z
         self.length = length
         self.phi_k = phi_k
+        self.values = values
 
     def tensors(self) -> list[Tensor]:
         return [*self.S, *self.z]
@@ -250,9 +257,12 @@ class Attention(nn.Module, ABC):
         (without advancing ``state.length``). Returns (B, 1, D)."""
 
     @abstractmethod
-    def read(self, state: State, i: int, xq: Tensor, with_rows: bool) -> tuple[Tensor, Tensor | None]:
-        """Queries xq: (B, Q, D), each seeing layer i's memory and itself only. Returns (B, Q, D) and,
-        if with_rows, the rows (B, Q, state.length). The state is unchanged."""
+    def read(
+        self, state: State, i: int, xq: Tensor, with_rows: bool, query_end: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Queries xq: (B, Q, D), each seeing layer i's memory and itself only (with query_end (Q,): only
+        the first query_end[q] tokens of it). Returns (B, Q, D) and, if with_rows, the rows
+        (B, Q, state.length). The state is unchanged."""
 
 
 class SoftmaxAttention(Attention):
@@ -279,13 +289,17 @@ class SoftmaxAttention(Attention):
         # one query over the whole cache, itself included: no mask needed
         return self._merge(F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype)))
 
-    def read(self, state: State, i: int, xq: Tensor, with_rows: bool) -> tuple[Tensor, Tensor | None]:
+    def read(
+        self, state: State, i: int, xq: Tensor, with_rows: bool, query_end: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         assert isinstance(state, KVCacheState)
         q, k, v = self._split(xq)  # (B, H, Q, dh)
         keys, values = state.layer(i)  # (B, H, L, dh)
         L = keys.shape[2]
         scale = self.d_head**-0.5
         s_stream = (q @ keys.transpose(-1, -2).to(q.dtype)) * scale  # (B, H, Q, L)
+        if query_end is not None:
+            s_stream = s_stream.masked_fill(~_visible(query_end, L), float("-inf"))
         s_self = (q * k).sum(-1, keepdim=True) * scale  # (B, H, Q, 1): each query sees only itself
         w = torch.softmax(torch.cat([s_stream, s_self], dim=-1), dim=-1)
         w_stream, w_self = w[..., :L], w[..., L:]
@@ -385,14 +399,16 @@ class KernelAttention(Attention):
     def make_state(memories: list[tuple[Tensor | None, ...]], length: int) -> MatrixState:
         S = [m[0] for m in memories]
         z = [m[1] for m in memories]
-        hist = [m[2] for m in memories] if all(len(m) > 2 and m[2] is not None for m in memories) else None
-        return MatrixState(S, z, length, hist)  # type: ignore[arg-type]
+        kept = all(len(m) > 3 and m[2] is not None for m in memories)
+        phi_k = [m[2] for m in memories] if kept else None
+        values = [m[3] for m in memories] if kept else None
+        return MatrixState(S, z, length, phi_k, values)  # type: ignore[arg-type]
 
     def scan(self, x: Tensor, keep_history: bool) -> tuple[Tensor, tuple[Tensor | None, ...]]:
         pq, pk, v = self._features(x)
         with torch.autocast(x.device.type, enabled=False):
             o, S, z = _causal_linear_attention(pq, pk, v, self.eps, self.chunk_size)
-        return self._merge(o.to(x.dtype)), (S, z, pk if keep_history else None)
+        return self._merge(o.to(x.dtype)), (S, z, pk if keep_history else None, v if keep_history else None)
 
     def step(self, state: State, i: int, x: Tensor) -> Tensor:
         assert isinstance(state, MatrixState)
@@ -404,15 +420,21 @@ class KernelAttention(Attention):
         state.S[i], state.z[i] = S, z
         if state.phi_k is not None:
             state.phi_k[i] = torch.cat([state.phi_k[i], pk.to(state.phi_k[i].dtype)], dim=2)
+        if state.values is not None:
+            state.values[i] = torch.cat([state.values[i], v.to(state.values[i].dtype)], dim=2)
         return self._merge(o.to(x.dtype))
 
-    def read(self, state: State, i: int, xq: Tensor, with_rows: bool) -> tuple[Tensor, Tensor | None]:
+    def read(
+        self, state: State, i: int, xq: Tensor, with_rows: bool, query_end: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         assert isinstance(state, MatrixState)
         pq, pk, v = self._features(xq)  # (B, H, Q, .)
         with torch.autocast(xq.device.type, enabled=False):
-            S, z = state.S[i].to(pq.dtype), state.z[i].to(pq.dtype)
             # the query's own token, added to the memory for itself alone: no per-query copy of S
             a_self = (pq * pk).sum(-1, keepdim=True)  # (B, H, Q, 1)
+            if query_end is not None:
+                return self._read_prefixes(state, i, pq, v, a_self, query_end, with_rows)
+            S, z = state.S[i].to(pq.dtype), state.z[i].to(pq.dtype)
             den = pq @ z.unsqueeze(-1) + a_self + self.eps  # (B, H, Q, 1)
             o = (pq @ S + a_self * v) / den
             rows = None
@@ -425,6 +447,25 @@ class KernelAttention(Attention):
                     raise ValueError("rows need a state from scan(..., keep_history=True)")
                 rows = _stream_rows(a_stream / den)
         return self._merge(o.to(xq.dtype)), rows
+
+    def _read_prefixes(
+        self, state: MatrixState, i: int, pq: Tensor, v: Tensor, a_self: Tensor, query_end: Tensor, with_rows: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``read`` of queries that see only the first query_end[q] tokens: phi(q) S_e = sum_{j<e}
+        (phi(q) . phi(k_j)) v_j and phi(q) z_e likewise, as one masked product over the stream.
+        pq (B, H, Q, m), v and a_self (the query's own value and weight) (B, H, Q, d_head) and (B, H, Q, 1)."""
+        if state.phi_k is None or state.values is None:
+            raise ValueError("query_end needs a state from scan(..., ends=...)")
+        phi_k, values = state.phi_k[i].to(pq.dtype), state.values[i].to(pq.dtype)
+        a_stream = (pq @ phi_k.transpose(-1, -2)) * _visible(query_end, phi_k.shape[2]).to(pq.dtype)  # (B, H, Q, L)
+        den = a_stream.sum(-1, keepdim=True) + a_self + self.eps
+        o = (a_stream @ values + a_self * v) / den
+        return self._merge(o.to(v.dtype)), (_stream_rows(a_stream / den) if with_rows else None)
+
+
+def _visible(query_end: Tensor, length: int) -> Tensor:
+    """(Q, length) bool: which stream tokens each query sees (the first query_end[q])."""
+    return torch.arange(length, device=query_end.device)[None, :] < query_end[:, None]
 
 
 def _causal_linear_attention(
@@ -502,15 +543,16 @@ class AttentionLearner(Learner):
         attn = self.layers[0].attn
         return attn.make_state([l.attn.empty_memory(batch_size, device, dtype) for l in self.layers], 0)
 
-    def scan(self, h: Tensor, keep_history: bool = False) -> State:
-        """h: (B, L, D) -> the state after the stream (KV cache or S, z; with keep_history the
-        Performer/Linear state also keeps phi(K) (B, H, L, m) per layer)."""
+    def scan(self, h: Tensor, keep_history: bool = False, ends: Tensor | None = None) -> State:
+        """h: (B, L, D) -> the state after the stream (KV cache or S, z; with keep_history or ends the
+        Performer/Linear state also keeps phi(K) (B, H, L, m) and V per layer). The KV cache and the
+        kept features already answer queries at any boundary, so ends needs nothing more."""
         L = h.shape[1]
         h = self._with_position(h, 0, L)
         memories = []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            a, mem = layer.attn.scan(layer.ln_1(h), keep_history)
+            a, mem = layer.attn.scan(layer.ln_1(h), keep_history or ends is not None)
             memories.append(mem)
             if i < last:  # the last layer's outputs are not needed for the state
                 h = layer.finish(h, a)
@@ -527,13 +569,18 @@ class AttentionLearner(Learner):
         state.length += 1
         return state
 
-    def read(self, state: State, hq: Tensor, with_rows: bool = False) -> tuple[Tensor, list[Tensor] | None]:
-        """hq: (B, Q, D), every query at position state.length -> (B, Q, D) and, if with_rows, one
-        (B, Q, state.length) row tensor per layer."""
-        x = self._with_position(hq, state.length, 1)
+    def read(
+        self, state: State, hq: Tensor, with_rows: bool = False, query_end: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        """hq: (B, Q, D), every query at position state.length (or at query_end[q], seeing the tokens
+        before it) -> (B, Q, D) and, if with_rows, one (B, Q, state.length) row tensor per layer."""
+        if query_end is None:
+            x = self._with_position(hq, state.length, 1)
+        else:
+            x = hq + sinusoidal_positions(query_end, self.config.d_model, hq.dtype)
         rows: list[Tensor] = []
         for i, layer in enumerate(self.layers):
-            a, r = layer.attn.read(state, i, layer.ln_1(x), with_rows)
+            a, r = layer.attn.read(state, i, layer.ln_1(x), with_rows, query_end)
             x = layer.finish(x, a)
             if r is not None:
                 rows.append(r)

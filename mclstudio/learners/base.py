@@ -11,6 +11,11 @@ read, with no gradient step. Three ways in:
 (c) introspection: ``state_norms`` and ``state_nbytes`` of a state, and association rows of queries
     over the past tokens (``forward(..., with_rows=True)``).
 
+Anytime queries: ``forward(..., query_end=e)`` with e (Q,) int64 gives each query its own boundary, the
+number of stream pairs it may see; query q is answered exactly as if the stream had stopped after
+e[q] pairs (its rows cover that prefix only, zeros beyond). ``scan`` then gets the distinct boundaries
+(``ends``, in tokens) and ``read`` each query's boundary (``query_end``, in tokens).
+
 A model supplies four operations on token embeddings h: ``init_state``, ``scan``, ``step`` and
 ``read``. Everything else (embedding, head, the three paths) lives here, once.
 """
@@ -117,32 +122,53 @@ class Learner(nn.Module, ABC):
         """The empty memory for batch_size episodes."""
 
     @abstractmethod
-    def scan(self, h: Tensor, keep_history: bool = False) -> State:
+    def scan(self, h: Tensor, keep_history: bool = False, ends: Tensor | None = None) -> State:
         """Read a whole stream of token embeddings h: (B, L, D) in parallel; return the state after it.
-        keep_history: also keep what ``read(..., with_rows=True)`` needs to form association rows."""
+        keep_history: also keep what ``read(..., with_rows=True)`` needs to form association rows.
+        ends: (K,) increasing token counts in 0..L: also keep what ``read(..., query_end=...)`` needs to
+        answer queries as if the stream had stopped after ends[k] tokens."""
 
     @abstractmethod
     def step(self, state: State, h: Tensor) -> State:
         """Read one token embedding h: (B, D). May update ``state`` in place; returns the new state."""
 
     @abstractmethod
-    def read(self, state: State, hq: Tensor, with_rows: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+    def read(
+        self, state: State, hq: Tensor, with_rows: bool = False, query_end: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor] | None]:
         """Read queries hq: (B, Q, D) from state, each as one extra token that nothing else sees.
         Returns the last layer's outputs (B, Q, D) and, if with_rows (which needs a state from
         ``scan(..., keep_history=True)``), each layer's association rows (B, Q, state.length).
-        The state is left unchanged."""
+        query_end: (Q,) token counts (each in the ``ends`` given to ``scan``): query q sees only the first
+        query_end[q] tokens, as if the stream stopped there. The state is left unchanged."""
 
     # ---- the three paths, shared -------------------------------------------------------------
     def forward(
-        self, stream_x: Tensor, stream_y: Tensor, query_x: Tensor, with_rows: bool = False, embedded: bool = False
+        self,
+        stream_x: Tensor,
+        stream_y: Tensor,
+        query_x: Tensor,
+        with_rows: bool = False,
+        embedded: bool = False,
+        query_end: Tensor | None = None,
     ) -> LearnerOutput:
         """Parallel path. stream_x (B, N, *x_shape), stream_y (B, N[, y_dim]), query_x (B, Q, *x_shape)
         -> logits (B, Q, y_vocab) (or (B, Q, y_dim)) and, if with_rows, rows over the 2N stream tokens.
-        embedded: stream_x and query_x are already x embeddings (B, N, D) and (B, Q, D)."""
+        embedded: stream_x and query_x are already x embeddings (B, N, D) and (B, Q, D).
+        query_end: None (every query sees the whole stream) or (Q,) int64 in 0..N, shared by the batch:
+        query q is answered as if the stream had stopped after query_end[q] pairs."""
         if not embedded:
             stream_x, query_x = self.embedding.embed_x(stream_x), self.embedding.embed_x(query_x)
-        state = self.scan(self.embedding.interleave(stream_x, stream_y), keep_history=with_rows)
-        return self.answer_embedded(state, query_x, with_rows)
+        h = self.embedding.interleave(stream_x, stream_y)
+        if query_end is None:
+            return self.answer_embedded(self.scan(h, keep_history=with_rows), query_x, with_rows)
+        n = stream_x.shape[1]
+        if query_end.shape != (query_x.shape[1],) or int(query_end.min()) < 0 or int(query_end.max()) > n:
+            raise ValueError(f"query_end must be ({query_x.shape[1]},) pair counts in 0..{n}")
+        token_end = 2 * query_end.to(device=h.device, dtype=torch.long)
+        state = self.scan(h, keep_history=with_rows, ends=torch.unique(token_end))
+        out, rows = self.read(state, query_x, with_rows, query_end=token_end)
+        return LearnerOutput(self.head(self.norm_f(out)), rows)
 
     def answer(self, state: State, query_x: Tensor, with_rows: bool = False) -> LearnerOutput:
         """Logits of queries query_x: (B, Q, *x_shape) read from state (unchanged)."""

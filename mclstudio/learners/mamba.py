@@ -47,8 +47,10 @@ class MambaMixer(SelectiveMixer):
     def transition(self, dt: Tensor, B: Tensor) -> Transition:
         return mamba_transition(F.softplus(dt + self.dt_proj.bias), self.A, B)
 
-    def scan_sequence(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend) -> tuple[Tensor, Tensor]:
-        return selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend)
+    def scan_sequence(
+        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend, ends: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        return selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend, ends)
 
     def stream_rows(self, history: tuple[Tensor, Tensor], G: Tensor) -> Tensor:
         """On CUDA, the rows by ``kernels.hidden_rows`` with Mamba's keys made in registers from (L, d)

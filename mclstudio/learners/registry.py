@@ -13,6 +13,7 @@ from mclstudio.learners.attention import (
 from mclstudio.learners.base import Learner, LearnerConfig
 from mclstudio.learners.longhorn import LonghornLearner
 from mclstudio.learners.mamba import MambaLearner
+from mclstudio.learners.protonet import ProtoNetLearner
 
 LEARNERS: dict[str, type[Learner]] = {
     "mamba": MambaLearner,
@@ -20,6 +21,7 @@ LEARNERS: dict[str, type[Learner]] = {
     "linear_transformer": LinearTransformerLearner,
     "performer": PerformerLearner,
     "longhorn": LonghornLearner,
+    "protonet": ProtoNetLearner,
 }
 
 

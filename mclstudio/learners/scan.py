@@ -136,41 +136,55 @@ def decay_to_end(log_decay: Tensor) -> Tensor:
 PROBE_DT = -1.0e4
 
 
-def append_state_probes(
-    u: Tensor, delta: Tensor, B: Tensor, C: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The scan's inputs with N probe tokens after the stream, in float32: probe n has u = 0, B = 0,
-    delta = PROBE_DT and C = e_n, so its output (before the gate) is the last state's column n.
+def insert_state_probes(
+    u: Tensor, delta: Tensor, B: Tensor, C: Tensor, ends: Tensor
+) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Tensor, Tensor]:
+    """The scan's inputs, in float32, with N probe tokens inserted after the first ends[k] tokens for each
+    k: probe n has u = 0, B = 0, delta = PROBE_DT and C = e_n, so its output (before the gate) is column n
+    of the state there, and the tokens after it see the state unchanged.
 
-    u, delta: (batch, d_inner, L); B, C: (batch, N, L) -> (batch, d_inner, L + N) and (batch, N, L + N).
+    u, delta: (batch, d_inner, L); B, C: (batch, N, L); ends: (K,) token counts in 0..L, increasing.
+    Returns the four inputs of length L + K N, the stream tokens' positions among them (L,) and the
+    probes' positions (K, N).
     """
-    batch, N = B.shape[0], B.shape[1]
-    eye = torch.eye(N, device=C.device, dtype=torch.float32).expand(batch, N, N)
-    return (
-        F.pad(u.float(), (0, N)),
-        F.pad(delta.float(), (0, N), value=PROBE_DT),
-        F.pad(B.float(), (0, N)),
-        torch.cat([C.float(), eye], dim=-1),
-    )
+    batch, N, L = B.shape
+    K = ends.shape[0]
+    t = torch.arange(L, device=u.device)
+    stream_pos = t + N * (ends[None, :] <= t[:, None]).sum(1)  # each probe block before t shifts it by N
+    probe_pos = (ends + N * torch.arange(K, device=u.device))[:, None] + torch.arange(N, device=u.device)
+    length = L + K * N
+
+    def spread(x: Tensor, fill: float) -> Tensor:
+        out = x.new_full((*x.shape[:-1], length), fill, dtype=torch.float32)
+        return out.index_copy(-1, stream_pos, x.float())
+
+    C_probed = spread(C, 0.0)
+    eye = torch.eye(N, device=C.device, dtype=torch.float32)  # (n, probe n)
+    C_probed = C_probed.index_copy(-1, probe_pos.flatten(), eye.repeat(1, K).expand(batch, N, K * N))
+    return (spread(u, 0.0), spread(delta, PROBE_DT), spread(B, 0.0), C_probed), stream_pos, probe_pos
 
 
 def scan_with_state_probes(
     ungated_scan: Callable[..., Tensor],
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor,
+    ends: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """A whole-sequence scan whose last state is differentiable, from a scan that only returns outputs.
+    """A whole-sequence scan whose states are differentiable, from a scan that only returns outputs.
 
     ungated_scan(u, delta, A, B, C, D, delta_bias) -> y (batch, d_inner, L') (softplus on delta, no gate),
-    e.g. mamba_ssm's selective_scan_fn with z=None. The last state is read by ``append_state_probes``,
-    so a gradient on it flows back through the scan's own backward pass (mamba_ssm's ignores a gradient
-    on the last state it returns); no (batch, L, d_inner, N) tensor is formed. Same arguments and
-    results as ``selective_scan``.
+    e.g. mamba_ssm's selective_scan_fn with z=None. The states are read by ``insert_state_probes``, so a
+    gradient on them flows back through the scan's own backward pass (mamba_ssm's ignores a gradient on
+    the last state it returns); no (batch, L, d_inner, N) tensor is formed. Same arguments and results
+    as ``selective_scan``: the last state, or with ends (K,) the states (batch, K, d_inner, N) there.
     """
     L = u.shape[-1]
-    u_probed, delta_probed, B_probed, C_probed = append_state_probes(u, delta, B, C)
-    y = ungated_scan(u_probed, delta_probed, A, B_probed, C_probed, D, delta_bias)
-    gated = y[..., :L] * F.silu(z.float())
-    return gated.to(u.dtype), y[..., L:]
+    at = ends if ends is not None else torch.tensor([L], device=u.device)
+    probed, stream_pos, probe_pos = insert_state_probes(u, delta, B, C, at)
+    y = ungated_scan(probed[0], probed[1], A, probed[2], probed[3], D, delta_bias)
+    gated = y.index_select(-1, stream_pos) * F.silu(z.float())
+    batch, d_inner = y.shape[:2]
+    states = y.index_select(-1, probe_pos.flatten()).view(batch, d_inner, *probe_pos.shape).transpose(1, 2)
+    return gated.to(u.dtype), (states[:, 0] if ends is None else states)
 
 
 def selective_scan(
@@ -183,34 +197,36 @@ def selective_scan(
     z: Tensor,
     delta_bias: Tensor,
     backend: ScanBackend = "auto",
+    ends: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mamba's scan of a whole sequence; delta goes through softplus(delta + delta_bias).
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, N) (negative); B, C: (batch, N, L);
     D, delta_bias: (d_inner,).
-    Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) in float32.
+    Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) in float32, or with
+    ends (K,) (increasing token counts) the states after each of the first ends[k] tokens (batch, K, d_inner, N).
     """
     use_cuda = backend == "cuda" or (backend == "auto" and u.is_cuda and _cuda_scan_module is not None)
     if not use_cuda:
-        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias)
+        return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, ends)
     if _cuda_scan_module is None:
         raise RuntimeError(f"the CUDA selective scan is unavailable ({CUDA_SCAN_IMPORT_ERROR}); "
                            "pip install 'mclstudio[cuda]' on a machine with nvcc")
     # The kernel reads any batch and channel strides; only time must be contiguous.
     u, delta, z = (t if t.stride(-1) == 1 else t.contiguous() for t in (u, delta, z))
     args = (u, delta, A.contiguous(), B.contiguous(), C.contiguous(), D.float(), z, delta_bias.float())
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))):
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    if not training and ends is None:
         return _cuda_scan_inference(*args)
-    # Training: our queries are read from the last state, whose gradient mamba_ssm's backward ignores, so
-    # the state is read by probe tokens through the kernel's own outputs.
+    # Our queries are read from states whose gradient mamba_ssm's backward ignores (it returns only the
+    # last state, without one): the states are read by probe tokens through the kernel's own outputs.
     assert _cuda_scan_module is not None
     scan_fn = _cuda_scan_module.selective_scan_fn
 
     def ungated(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, delta_bias: Tensor) -> Tensor:
         return scan_fn(u, delta, A, B, C, D, z=None, delta_bias=delta_bias, delta_softplus=True)
 
-    return scan_with_state_probes(ungated, *args)
-
+    return scan_with_state_probes(ungated, *args, ends=ends)
 
 
 
@@ -227,14 +243,22 @@ def mamba_transition(delta: Tensor, A: Tensor, B: Tensor) -> Transition:
 
 
 def diagonal_scan(
-    u: Tensor, z: Tensor, C: Tensor, D: Tensor, transition: Callable[[slice], Transition], parallel: bool | None = None
+    u: Tensor,
+    z: Tensor,
+    C: Tensor,
+    D: Tensor,
+    transition: Callable[[slice], Transition],
+    parallel: bool | None = None,
+    ends: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The diagonal recurrence over a whole sequence, in float32 (any device).
 
     h_t = exp(log_decay_t) * h_{t-1} + rate_t * u_t (x) key_t;  y_t = C_t . h_t + D * u_t, gated by silu(z_t).
     u, z: (batch, d_inner, L); C: (batch, N, L); D: (d_inner,). transition(t_slice) gives the Transition
     of those tokens with time second: (batch, T, d_inner, N), (batch, T, d_inner), (batch, T, N).
-    Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) float32.
+    Returns y: (batch, d_inner, L) in u's dtype and the last state (batch, d_inner, N) float32, or with
+    ends (K,) (increasing token counts in 0..L) the states after each of the first ends[k] tokens,
+    (batch, K, d_inner, N), kept as the scan passes them.
 
     On a GPU with Triton the whole sequence is one Triton scan (``kernels.diagonal_scan``, with its own
     backward pass). Otherwise time is cut into chunks whose state-independent terms are formed at once
@@ -247,12 +271,14 @@ def diagonal_scan(
     u, z, C = widen(u), widen(z), widen(C)
     if parallel is None and fused_diagonal_scan_supported(u, C.shape[1]):
         move = transition(slice(None))
-        y, h = fused_diagonal_scan(move.log_decay, move.rate, move.key, u, C, D)
+        y, h = fused_diagonal_scan(move.log_decay, move.rate, move.key, u, C, D, ends)
         return (y * F.silu(z)).to(dtype_in), h
     parallel = u.is_cuda if parallel is None else parallel
     chunk = PARALLEL_CHUNK if parallel else SCAN_CHUNK
     h: Tensor | None = None
     ys = []
+    kept: list[Tensor] = []  # states at the ends, in order
+    wanted = None if ends is None else ends.tolist()
     for start in range(0, u.shape[2], chunk):
         t_slice = slice(start, start + chunk)
         move = transition(t_slice)
@@ -260,8 +286,13 @@ def diagonal_scan(
         if h is None:
             h = drive.new_zeros(drive.shape[0], drive.shape[2], drive.shape[3])
         C_chunk = C[:, :, t_slice].transpose(1, 2)  # (batch, T, N)
+        if wanted is not None:
+            while wanted and wanted[0] <= start:  # ends before this chunk's first token
+                kept.append(h)
+                wanted.pop(0)
         if parallel:
-            y_chunk, h = _chunk_parallel(move.log_decay, drive, C_chunk, h)
+            y_chunk, hs_chunk = _chunk_parallel(move.log_decay, drive, C_chunk, h)
+            h = hs_chunk[:, -1]
             ys.append(y_chunk)
         else:
             decay = torch.exp(move.log_decay)
@@ -269,35 +300,41 @@ def diagonal_scan(
             for t in range(decay.shape[1]):  # the only sequential part: one fused multiply-add per token
                 h = torch.addcmul(drive[:, t], decay[:, t], h)
                 hs.append(h)
+            hs_chunk = torch.stack(hs, dim=1)
             # the chunk's readout in one contraction (one op per chunk, not one per token)
-            ys.append(torch.einsum("btdn,btn->bdt", torch.stack(hs, dim=1), C_chunk))
+            ys.append(torch.einsum("btdn,btn->bdt", hs_chunk, C_chunk))
+        if wanted is not None:
+            while wanted and wanted[0] <= start + hs_chunk.shape[1]:
+                kept.append(hs_chunk[:, wanted.pop(0) - start - 1])
     assert h is not None, "empty sequence"
     y = torch.cat(ys, dim=2) + D[:, None] * u
     y = y * F.silu(z)
-    return y.to(dtype_in), h
+    return y.to(dtype_in), (h if ends is None else torch.stack(kept, dim=1))
 
 
 def _chunk_parallel(log_decay: Tensor, drive: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
     """One chunk of the recurrence at once: h_t = exp(S_t) h0 + sum_{j<=t} exp(S_t - S_j) drive_j, with S
     the running sum of log_decay in the chunk. log_decay, drive: (batch, T, d, N); C: (batch, T, N);
-    h0: (batch, d, N). Returns y (batch, d, T) before D and the gate, and the chunk's last state."""
+    h0: (batch, d, N). Returns y (batch, d, T) before D and the gate, and the chunk's states (batch, T, d, N)."""
     S = torch.cumsum(log_decay, dim=1)
     T = S.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=S.device).tril()
     # exp(S_t - S_j) <= 1 for j <= t; the rest is masked before exp so it cannot overflow.
     diff = (S.unsqueeze(2) - S.unsqueeze(1)).masked_fill(~causal[None, :, :, None, None], float("-inf"))
     hs = torch.einsum("btjdn,bjdn->btdn", torch.exp(diff), drive) + torch.exp(S) * h0.unsqueeze(1)
-    return torch.einsum("btdn,btn->bdt", hs, C), hs[:, -1]
+    return torch.einsum("btdn,btn->bdt", hs, C), hs
 
 
 def selective_scan_reference(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor,
+    ends: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Mamba's scan on ``diagonal_scan``. Same arguments and results as ``selective_scan``."""
     delta = F.softplus(widen(delta) + delta_bias[:, None])
     B = widen(B)
     return diagonal_scan(
-        u, z, C, D, lambda t: mamba_transition(delta[:, :, t].transpose(1, 2), A, B[:, :, t].transpose(1, 2))
+        u, z, C, D, lambda t: mamba_transition(delta[:, :, t].transpose(1, 2), A, B[:, :, t].transpose(1, 2)),
+        ends=ends,
     )
 
 
@@ -317,13 +354,14 @@ def diagonal_step(state: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, mov
 def diagonal_read(state: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, move: Transition) -> Tensor:
     """Queries as one more token each after the same state, without building each query's new state.
 
-    state: (B, d_inner, N) float32; u, z: (B, Q, d_inner); C: (B, Q, N); move: the queries' Transition.
+    state: (B, d_inner, N) float32, or one per query (B, Q, d_inner, N); u, z: (B, Q, d_inner); C: (B, Q, N);
+    move: the queries' Transition.
     y_q = sum_n G_q[d, n] h[d, n] + rate_q u_q (key_q . C_q) + D u_q, with G_q = C_q exp(log_decay_q)
     (``query_weights``). Returns y (B, Q, d_inner) in u's dtype.
     """
     u_f, C_f = widen(u), widen(C)
     # One product summed over n: a compiler fuses it into one pass, never storing (B, Q, d_inner, N).
-    recalled = (query_weights(C_f, move.log_decay) * state.unsqueeze(1)).sum(-1)
+    recalled = (query_weights(C_f, move.log_decay) * (state if state.dim() == 4 else state.unsqueeze(1))).sum(-1)
     own = move.rate * u_f * (move.key * C_f).sum(-1, keepdim=True)
     y = (recalled + own + D * u_f) * F.silu(widen(z))
     return y.to(u.dtype)

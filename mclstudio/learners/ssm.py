@@ -50,12 +50,16 @@ class SSMConfig(LearnerConfig):
 @dataclass
 class SSMState(State):
     """conv[l]: (B, d_inner, d_conv) last inputs of layer l's convolution; ssm[l]: (B, d_inner, d_state).
-    history[l]: the stream's (dt, B) of layer l, (B, L, d_inner) and (B, L, N), kept only for rows."""
+    history[l]: the stream's (dt, B) of layer l, (B, L, d_inner) and (B, L, N), kept only for rows.
+    ends: None, or (K,) increasing token counts: then the state is the memory after each of the first
+    ends[k] tokens (for queries with boundaries), conv[l] (B, K, d_inner, d_conv), ssm[l] (B, K, d_inner,
+    d_state), and only ``SSMLearner.read`` with query_end takes it."""
 
     conv: list[Tensor]
     ssm: list[Tensor]
     length: int
     history: list[tuple[Tensor, Tensor]] | None = None
+    ends: Tensor | None = None
 
     def tensors(self) -> list[Tensor]:
         return [*self.conv, *self.ssm]
@@ -123,13 +127,17 @@ class SelectiveMixer(nn.Module):
     def transition(self, dt: Tensor, B: Tensor) -> Transition:
         """dt: (..., d_inner) before dt_proj's bias; B: (..., N) -> the token's Transition."""
 
-    def scan_sequence(self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend) -> tuple[Tensor, Tensor]:
+    def scan_sequence(
+        self, x: Tensor, dt: Tensor, B: Tensor, C: Tensor, z: Tensor, backend: ScanBackend, ends: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The recurrence over a whole sequence. x, dt, z: (B, d_inner, L); B, C: (B, N, L).
-        Returns gated y (B, d_inner, L) in x's dtype and the last state (B, d_inner, N) float32.
+        Returns gated y (B, d_inner, L) in x's dtype and the last state (B, d_inner, N) float32, or with
+        ends (K,) the states after each of the first ends[k] tokens (B, K, d_inner, N).
         Mamba overrides this to use mamba_ssm's fused kernel on CUDA."""
         return diagonal_scan(
             x, z, C, self.D,
             lambda t: self.transition(dt[:, :, t].transpose(1, 2), B[:, :, t].transpose(1, 2)),
+            ends=ends,
         )
 
     # ---- shared ----------------------------------------------------------------------------------
@@ -143,19 +151,25 @@ class SelectiveMixer(nn.Module):
         return F.linear(dt, self.dt_proj.weight), B, C
 
     def forward(
-        self, h: Tensor, backend: ScanBackend = "auto", keep_history: bool = False
+        self, h: Tensor, backend: ScanBackend = "auto", keep_history: bool = False, ends: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """Whole sequence. h: (B, L, d_model) -> out (B, L, d_model), conv state (B, d_inner, d_conv),
-        SSM state (B, d_inner, d_state) and, if keep_history, the stream's (dt, B) for rows."""
+        SSM state (B, d_inner, d_state) and, if keep_history, the stream's (dt, B) for rows.
+        ends: (K,) increasing token counts: return the conv and SSM states after each of the first ends[k]
+        tokens instead, (B, K, d_inner, d_conv) and (B, K, d_inner, d_state)."""
         L = h.shape[1]
         x, z = channels_first_linear(h, self.in_proj.weight).chunk(2, dim=1)  # (B, d_inner, L) each
-        conv_state = F.pad(x, (self.d_conv - L, 0)) if L < self.d_conv else x[..., -self.d_conv :]
+        if ends is None:
+            conv_state = F.pad(x, (self.d_conv - L, 0)) if L < self.d_conv else x[..., -self.d_conv :]
+        else:  # the d_conv inputs before each boundary (zeros before the stream)
+            window = ends[:, None] + torch.arange(self.d_conv, device=ends.device)  # (K, d_conv)
+            conv_state = F.pad(x, (self.d_conv, 0))[:, :, window].transpose(1, 2)
         x = F.silu(self._causal_conv(x))
         dt, B, C = self._x_proj(x.transpose(1, 2))
         dt = channels_first_linear(dt, self.dt_proj.weight)  # (B, d_inner, L), before dt_proj's bias
         history = (dt.transpose(1, 2), B) if keep_history else None
         B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
-        y, ssm_state = self.scan_sequence(x, dt, B, C, z, backend)
+        y, ssm_state = self.scan_sequence(x, dt, B, C, z, backend, ends)
         return self.out_proj(y.transpose(1, 2)), conv_state.contiguous(), ssm_state, history
 
     def _causal_conv(self, x: Tensor) -> Tensor:
@@ -187,10 +201,13 @@ class SelectiveMixer(nn.Module):
         self, h: Tensor, conv_state: Tensor, ssm_state: Tensor, history: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """Queries, each one more token after the stream. h: (B, Q, d_model); conv_state
-        (B, d_inner, d_conv); ssm_state (B, d_inner, N). Returns out (B, Q, d_model) and, given the
-        stream's history, the association rows (B, Q, L). No per-query state is built."""
+        (B, d_inner, d_conv); ssm_state (B, d_inner, N), or per query (B, Q, d_inner, d_conv) and
+        (B, Q, d_inner, N). Returns out (B, Q, d_model) and, given the stream's history, the association
+        rows (B, Q, L) of a query read right after the whole stream."""
         x, z = self.in_proj(h).chunk(2, dim=-1)
-        if x.is_cuda and not torch.is_grad_enabled() and fused_conv_token_supported(x):
+        if conv_state.dim() == 4:  # one state per query
+            x = self._conv_token(conv_state, x)
+        elif x.is_cuda and not torch.is_grad_enabled() and fused_conv_token_supported(x):
             x = conv_token(conv_state, x, self.conv1d.weight.squeeze(1), self.conv1d.bias)
         else:
             x = self._conv_token(conv_state.unsqueeze(1), x)
@@ -263,15 +280,15 @@ class SSMLearner(Learner):
             length=0,
         )
 
-    def scan(self, h: Tensor, keep_history: bool = False) -> SSMState:
+    def scan(self, h: Tensor, keep_history: bool = False, ends: Tensor | None = None) -> SSMState:
         conv, ssm, history = [], [], []
         for layer in self.layers:
-            out, conv_state, ssm_state, layer_history = layer.mixer(layer.norm(h), self.scan_backend, keep_history)
+            out, conv_state, ssm_state, layer_history = layer.mixer(layer.norm(h), self.scan_backend, keep_history, ends)
             h = h + out
             conv.append(conv_state)
             ssm.append(ssm_state)
             history.append(layer_history)
-        return SSMState(conv, ssm, h.shape[1], history if keep_history else None)
+        return SSMState(conv, ssm, h.shape[1], history if keep_history else None, ends)
 
     def step(self, state: SSMState, h: Tensor) -> SSMState:
         conv, ssm = [], []
@@ -282,15 +299,27 @@ class SSMLearner(Learner):
             ssm.append(ssm_state)
         return SSMState(conv, ssm, state.length + 1)
 
-    def read(self, state: SSMState, hq: Tensor, with_rows: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+    def read(
+        self, state: SSMState, hq: Tensor, with_rows: bool = False, query_end: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor] | None]:
+        """With query_end (Q,) (token counts, all in ``state.ends``), each query is read from the state at
+        its own boundary. Rows are then given only for queries whose boundary is the stream's end; the
+        others' rows are zero (exact rows at every boundary would need the stream's keys relative to each
+        boundary: K times the largest tensor of a step). ``selectivity_kl`` skips zero rows."""
         if with_rows and state.history is None:
             raise ValueError("rows need a state from scan(..., keep_history=True)")
+        if (query_end is None) != (state.ends is None):
+            raise ValueError("query_end needs a state from scan(..., ends=...) and the other way round")
+        slot = None if query_end is None or state.ends is None else torch.searchsorted(state.ends, query_end)
         rows: list[Tensor] = []
         h = hq  # (B, Q, D): each query is one more step from the same state
         for i, layer in enumerate(self.layers):
             history = state.history[i] if with_rows and state.history is not None else None
-            out, layer_rows = layer.mixer.read(layer.norm(h), state.conv[i], state.ssm[i], history)
+            conv, ssm = (state.conv[i], state.ssm[i]) if slot is None else (state.conv[i][:, slot], state.ssm[i][:, slot])
+            out, layer_rows = layer.mixer.read(layer.norm(h), conv, ssm, history)
             if layer_rows is not None:
+                if query_end is not None:
+                    layer_rows = layer_rows * (query_end == state.length).to(layer_rows.dtype)[None, :, None]
                 rows.append(layer_rows)
             h = h + out
         return h, rows if with_rows else None

@@ -26,6 +26,7 @@ from mclstudio.data import Episode, EpisodeSpec, ImageSource, get_source
 from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.metrics import episode_accuracy, episode_mse
+from mclstudio.training.anytime import OBJECTIVES, anytime_generator, sample_query_end
 from mclstudio.training.checkpoint import load_checkpoint, save_checkpoint
 from mclstudio.training.losses import selectivity_kl, task_loss
 from mclstudio.training.pretrain import pretrain_encoder
@@ -51,6 +52,7 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     slct_lambda: float = 0.1
+    objective: str = "anytime"  # "anytime": each query after a random task boundary at or after its task; "end"
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -66,6 +68,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.model not in LEARNERS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(LEARNERS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.frozen_encoder_steps < 0:
             raise ValueError(f"frozen encoder steps must be >= 0, not {self.frozen_encoder_steps}")
         if self.pretrain_steps < 0:
@@ -168,18 +172,24 @@ def meta_train_step(
     use_amp: bool,
     table: torch.Tensor | None = None,
     step: int = 0,
+    query_end: torch.Tensor | None = None,
 ) -> StepStats:
     """One step on a batch of episodes: CE (or MSE) on the queries + slct_lambda * l_slct, backward, clip
     ``params``' gradient norm, optimizer and schedule step. ``table`` (P, d_model): look the inputs up as
-    already-embedded samples (a frozen encoder's pool) instead of running the encoder."""
+    already-embedded samples (a frozen encoder's pool) instead of running the encoder. ``query_end`` (Q,):
+    the pairs each query sees (the anytime objective, ``anytime.sample_query_end``); None: all."""
     if table is not None:
         stream_x, query_x = table[ep.train_sample_ids.flatten(1)], table[ep.test_sample_ids.flatten(1)]
     else:
         stream_x, query_x = ep.stream_x, ep.query_x
     with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
-        logits, rows = model(stream_x, ep.stream_y, query_x, with_rows=slct_lambda > 0, embedded=table is not None)
+        logits, rows = model(
+            stream_x, ep.stream_y, query_x, with_rows=slct_lambda > 0, embedded=table is not None, query_end=query_end
+        )
         loss_task = task_loss(logits, ep.query_y)
-        loss_slct = selectivity_kl(rows, ep.stream_task, ep.query_task) if rows is not None else loss_task.new_zeros(())
+        loss_slct = (
+            selectivity_kl(rows, ep.stream_task, ep.query_task, query_end) if rows is not None else loss_task.new_zeros(())
+        )
         loss = loss_task + slct_lambda * loss_slct
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -359,9 +369,13 @@ def train(
         if frozen_table is not None and step >= cfg.frozen_encoder_steps:
             frozen_table = None
             learner.embedding.x_encoder.requires_grad_(True)
+        query_end = None
+        if cfg.objective == "anytime":
+            generator = anytime_generator(cfg.seed, step)
+            query_end = sample_query_end(ep.stream_task, ep.query_task, generator).to(device)
         stats = meta_train_step(
             model, ep, optimizer, schedule, list(learner.parameters()), cfg.slct_lambda, cfg.grad_clip, use_amp,
-            frozen_table, step,
+            frozen_table, step, query_end,
         )
         window.add(stats)
         done = step + 1
