@@ -43,6 +43,12 @@ def _learner_overrides(**kw: Any) -> dict[str, Any]:
 @click.option("--tasks", default=20, show_default=True, help="Tasks (classes) per episode.")
 @click.option("--shots", default=5, show_default=True, help="Training shots per task.")
 @click.option("--test-shots", default=5, show_default=True, help="Query shots per task.")
+@click.option("--tasks-range", default=None, metavar="MIN:MAX",
+              help="Sample each step's tasks uniformly in MIN..MAX (e.g. 1:20) instead of the fixed --tasks.")
+@click.option("--shots-range", default=None, metavar="MIN:MAX",
+              help="Sample each task's training shots uniformly in MIN..MAX (e.g. 1:10), uneven within a stream.")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Class-level augmentation of the meta-train images (flips as new classes, affine, stroke width).")
 @click.option("--noise", default=0.0, show_default=True, help="Gaussian input-noise std during training.")
 @click.option("--steps", default=2000, show_default=True)
 @click.option("--batch-size", default=16, show_default=True, help="Episodes per step (per process).")
@@ -78,6 +84,7 @@ def train(**kw: Any) -> None:
 
     from dataclasses import asdict
 
+    from mclstudio.data import parse_range
     from mclstudio.training.trainer import TrainConfig, TrainLog
     from mclstudio.training.trainer import train as run_training
 
@@ -90,7 +97,9 @@ def train(**kw: Any) -> None:
         slct_lambda=kw["slct_lambda"], seed=kw["seed"], device=kw["device"], amp=kw["amp"],
         checkpoint_every=kw["checkpoint_every"], log_every=kw["log_every"],
         out=kw["out"] or f"checkpoints/{kw['model']}.pt", resume=kw["resume"], max_minutes=kw["max_minutes"], pretrain_steps=kw["pretrain_steps"],
-        frozen_encoder_steps=kw["frozen_encoder_steps"], learner=learner,
+        frozen_encoder_steps=kw["frozen_encoder_steps"], learner=learner, augment=kw["augment"],
+        tasks_range=parse_range(kw["tasks_range"], "--tasks-range") if kw["tasks_range"] else None,
+        shots_range=parse_range(kw["shots_range"], "--shots-range") if kw["shots_range"] else None,
     )
     interactive = sys.stderr.isatty()
     progress = Progress(

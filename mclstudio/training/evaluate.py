@@ -52,7 +52,7 @@ class SettingResult:
 def trained_spec(metadata: dict[str, Any], num_codes: int | None) -> EpisodeSpec:
     """The meta-test counterpart of the spec a checkpoint was trained on."""
     spec = EpisodeSpec.from_dict(metadata.get("episode_spec", {}))
-    return replace(spec, split="test", seed=0, noise_std=0.0, num_codes=num_codes)
+    return replace(spec, split="test", seed=0, noise_std=0.0, num_codes=num_codes, augment=False)
 
 
 def paper_settings(base: EpisodeSpec, noise_levels: tuple[float, ...] = (0.5, 1.0)) -> list[Setting]:
