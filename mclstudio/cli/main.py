@@ -264,7 +264,7 @@ _add_recording_commands()
 @click.option("--dataset", default="omniglot-mini", show_default=True, help="The picker's default dataset (domain).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--tasks", default=20, show_default=True)
-@click.option("--shots", default=5, show_default=True)
+@click.option("--shots", default="5", show_default=True, help="Training shots per task, or one per task: 1,3,5,...")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--noise", default=0.0, show_default=True, help="Gaussian input-noise std.")
 @click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu or cuda[:N].")
@@ -272,7 +272,7 @@ _add_recording_commands()
 @click.option("--play", is_flag=True, help="Skip the picker and start playing the default episode.")
 @precision_option
 @adapter_option
-def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: int, seed: int,
+def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: str, seed: int,
                  noise: float, device: str, record_dir: str, play: bool, precision: str, adapters: tuple[str, ...]) -> None:
     """Open the live studio (a Textual app) on one or more checkpoints."""
     from mclstudio.tui.cli import open_studio
