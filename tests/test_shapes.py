@@ -218,3 +218,23 @@ def test_open_takes_uneven_shots(tmp_path) -> None:
     mamba = Path(__file__).resolve().parents[1] / "checkpoints" / "mamba.pt"
     app = build_open_app([str(mamba)], tasks=3, shots="2,1,4", device="cpu", record_dir=tmp_path)
     assert app.spec.task_shots == (2, 1, 4)
+
+
+def test_frozen_encoder_steps_freeze_the_encoder_under_augmentation(tmp_path) -> None:
+    from mclstudio.training.checkpoint import load_checkpoint
+    from mclstudio.training.trainer import TrainConfig, build_for_data, train
+
+    learner = {"d_model": 16, "n_layers": 1, "encoder_channels": 8, "y_vocab": 12}
+    cfg = dict(model="mamba", tasks=3, train_shots=2, test_shots=1, batch_size=2, lr=1e-2, warmup_steps=0,
+               checkpoint_every=10, device="cpu", learner=learner, augment=True, frozen_encoder_steps=2,
+               out=str(tmp_path / "f.pt"))
+    initial = build_for_data(TrainConfig(**cfg), (1, 32, 32), 0).state_dict()
+    train(TrainConfig(**cfg, steps=2))
+    after_two = load_checkpoint(tmp_path / "f.pt").learner.state_dict()
+    encoder = [k for k in initial if k.startswith("embedding.x_encoder.")]
+    others = [k for k in initial if k not in encoder and initial[k].is_floating_point()]
+    assert encoder and all(torch.equal(initial[k], after_two[k]) for k in encoder)
+    assert any(not torch.equal(initial[k], after_two[k]) for k in others)
+    train(TrainConfig(**cfg, steps=3, resume=True))  # step 3 trains the encoder too
+    after_three = load_checkpoint(tmp_path / "f.pt").learner.state_dict()
+    assert any(not torch.equal(after_two[k], after_three[k]) for k in encoder)

@@ -285,7 +285,8 @@ def train(
     )
     base_spec.validate()
     source.episode(base_spec)  # fail early (too many tasks, too few samples) before any training
-    shapes = cfg.shapes()
+    shapes = cfg.shapes()  # sampled per step when a range is given, else every step is base_spec's shape
+    sampled_shapes = cfg.tasks_range is not None or cfg.shots_range is not None
     source.episode(replace(base_spec, tasks=shapes.max_tasks, train_shots=shapes.max_shots))  # the largest shape
 
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.lr)
@@ -313,16 +314,18 @@ def train(
 
     # A frozen encoder's embedding of a sample never changes: embed the image pool once and look the
     # stream and queries up, so these steps cost the sequence model alone (images only, no input noise).
+    # Augmented images are new every episode: the frozen encoder runs on them (no table).
     frozen_table = None
-    if cfg.frozen_encoder_steps > start_step and isinstance(source, ImageSource) and cfg.noise_std == 0 and not cfg.augment:
-        frozen_table = embed_pool(learner, source)
+    frozen_encoder = cfg.frozen_encoder_steps > start_step and isinstance(source, ImageSource) and cfg.noise_std == 0
+    if frozen_encoder:
+        frozen_table = None if cfg.augment else embed_pool(learner, source)
         learner.embedding.x_encoder.requires_grad_(False)
 
     model: torch.nn.Module = learner
     if world > 1:
         model = DistributedDataParallel(
             learner, device_ids=[local_rank] if device.type == "cuda" else None,
-            find_unused_parameters=frozen_table is not None,
+            find_unused_parameters=frozen_encoder,
         )
     use_amp = cfg.amp and device.type == "cuda"
     window = LogWindow()
@@ -351,14 +354,14 @@ def train(
     started = time.perf_counter()
     done = start_step
     for step in range(start_step, cfg.steps):
-        step_spec = base_spec if cfg.tasks_range is None and cfg.shots_range is None else shapes.apply(base_spec, cfg.seed, step)
+        step_spec = shapes.apply(base_spec, cfg.seed, step) if sampled_shapes else base_spec
         specs = [
             step_spec.with_seed(episode_seed(cfg.seed, step, rank, world, i, cfg.batch_size))
             for i in range(cfg.batch_size)
         ]
         ep = source.batch(specs)
-        if frozen_table is not None and step >= cfg.frozen_encoder_steps:
-            frozen_table = None
+        if frozen_encoder and step >= cfg.frozen_encoder_steps:
+            frozen_encoder, frozen_table = False, None
             learner.embedding.x_encoder.requires_grad_(True)
         stats = meta_train_step(
             model, ep, optimizer, schedule, list(learner.parameters()), cfg.slct_lambda, cfg.grad_clip, use_amp,
