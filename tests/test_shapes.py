@@ -238,3 +238,13 @@ def test_frozen_encoder_steps_freeze_the_encoder_under_augmentation(tmp_path) ->
     train(TrainConfig(**cfg, steps=3, resume=True))  # step 3 trains the encoder too
     after_three = load_checkpoint(tmp_path / "f.pt").learner.state_dict()
     assert any(not torch.equal(after_two[k], after_three[k]) for k in encoder)
+
+
+def test_a_batch_equals_its_episodes_with_uneven_shots_and_augmentation(omni: OmniglotMini) -> None:
+    from mclstudio.data import Episode
+
+    specs = [EpisodeSpec(split="train", tasks=4, shots=(2, 1, 3, 1), test_shots=2, seed=s, augment=True) for s in range(3)]
+    batch, single = omni.batch(specs), Episode.concat([omni.episode(s) for s in specs])
+    for name in batch.__dataclass_fields__:
+        if name != "specs":
+            assert torch.equal(getattr(batch, name), getattr(single, name)), name
