@@ -82,7 +82,8 @@ class TrainConfig:
             raise ValueError(f"learning rate must be positive, not {self.lr}")
         if self.slct_lambda < 0:
             raise ValueError(f"selectivity lambda must be >= 0, not {self.slct_lambda}")
-        self.shapes().validate()
+        if self.tasks_range is not None or self.shots_range is not None:
+            self.shapes().validate()  # (the fixed shape is checked by its EpisodeSpec)
 
     def shapes(self) -> ShapeRange:
         """The distribution of training episode shapes (a single shape without the ranges)."""
