@@ -43,6 +43,12 @@ def _learner_overrides(**kw: Any) -> dict[str, Any]:
 @click.option("--tasks", default=20, show_default=True, help="Tasks (classes) per episode.")
 @click.option("--shots", default=5, show_default=True, help="Training shots per task.")
 @click.option("--test-shots", default=5, show_default=True, help="Query shots per task.")
+@click.option("--tasks-range", default=None, metavar="MIN:MAX",
+              help="Sample each step's tasks uniformly in MIN..MAX (e.g. 1:20) instead of the fixed --tasks.")
+@click.option("--shots-range", default=None, metavar="MIN:MAX",
+              help="Sample each task's training shots uniformly in MIN..MAX (e.g. 1:10), uneven within a stream.")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Class-level augmentation of the meta-train images (flips as new classes, affine, stroke width).")
 @click.option("--noise", default=0.0, show_default=True, help="Gaussian input-noise std during training.")
 @click.option("--steps", default=2000, show_default=True)
 @click.option("--batch-size", default=16, show_default=True, help="Episodes per step (per process).")
@@ -81,6 +87,7 @@ def train(**kw: Any) -> None:
 
     from dataclasses import asdict
 
+    from mclstudio.data import parse_range
     from mclstudio.training.trainer import TrainConfig, TrainLog
     from mclstudio.training.trainer import train as run_training
 
@@ -93,7 +100,9 @@ def train(**kw: Any) -> None:
         slct_lambda=kw["slct_lambda"], objective=kw["objective"], seed=kw["seed"], device=kw["device"], amp=kw["amp"],
         checkpoint_every=kw["checkpoint_every"], log_every=kw["log_every"],
         out=kw["out"] or f"checkpoints/{kw['model']}.pt", resume=kw["resume"], max_minutes=kw["max_minutes"], pretrain_steps=kw["pretrain_steps"],
-        frozen_encoder_steps=kw["frozen_encoder_steps"], learner=learner,
+        frozen_encoder_steps=kw["frozen_encoder_steps"], learner=learner, augment=kw["augment"],
+        tasks_range=parse_range(kw["tasks_range"], "--tasks-range") if kw["tasks_range"] else None,
+        shots_range=parse_range(kw["shots_range"], "--shots-range") if kw["shots_range"] else None,
     )
     interactive = sys.stderr.isatty()
     progress = Progress(
@@ -129,8 +138,8 @@ def train(**kw: Any) -> None:
 
 
 @cli.command(name="eval")
-@click.argument("checkpoint")
-@click.option("--episodes", default=512, show_default=True, help="Meta-test episodes per setting.")
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--episodes", default=512, show_default=True, help="Meta-test episodes per setting (--grid: per cell).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--noise", "noise_levels", multiple=True, type=float, help="Input-noise stds [0.5, 1.0].")
 @click.option("--domain", "domains", multiple=True, help="Another dataset to meta-test on (repeatable).")
@@ -139,11 +148,18 @@ def train(**kw: Any) -> None:
 @click.option("--device", default="auto", show_default=True)
 @precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--grid", is_flag=True, help="Accuracy over a tasks x shots grid and the anytime curve (several CKPTs allowed).")
+@click.option("--grid-tasks", default="5,10,20,40,100", show_default=True, help="The grid's task counts.")
+@click.option("--grid-shots", default="1,2,5,10", show_default=True, help="The grid's training shots per task.")
+@click.option("--anytime", default="20x5", show_default=True, metavar="TxS",
+              help="Stream shape of the anytime curve (accuracy on the tasks seen after each task).")
 @adapter_option
-def eval_command(checkpoint: str, episodes: int, batch_size: int, noise_levels: tuple[float, ...],
+def eval_command(checkpoints: tuple[str, ...], episodes: int, batch_size: int, noise_levels: tuple[float, ...],
                  domains: tuple[str, ...], root: str | None, download: bool, device: str, precision: str,
-                 as_json: bool, adapters: tuple[str, ...]) -> None:
-    """Meta-test a checkpoint: trained setting, longer streams, more shots, noise, other domains."""
+                 as_json: bool, grid: bool, grid_tasks: str, grid_shots: str, anytime: str,
+                 adapters: tuple[str, ...]) -> None:
+    """Meta-test a checkpoint: trained setting, longer streams, more shots, noise, other domains; or,
+    with --grid, a tasks x shots grid and the anytime curve of one or more checkpoints."""
     from mclstudio.precision import check_precision
     from mclstudio.training.adapters import load_learners
     from mclstudio.training.evaluate import evaluate_checkpoint
@@ -152,7 +168,13 @@ def eval_command(checkpoint: str, episodes: int, batch_size: int, noise_levels: 
     if episodes < 1 or batch_size < 1:
         raise click.BadParameter("episodes and batch size must be at least 1")
     check_precision(precision, resolve_device(device))
-    [ckpt] = load_learners([checkpoint], adapters, device=resolve_device(device))
+    if grid:
+        _eval_grid(checkpoints, adapters, episodes, batch_size, device, precision, as_json, grid_tasks, grid_shots,
+                   anytime, root, download)
+        return
+    if len(checkpoints) > 1:
+        raise ValueError("several checkpoints need --grid; give one checkpoint for the standard settings")
+    [ckpt] = load_learners(checkpoints, adapters, device=resolve_device(device))
     results = evaluate_checkpoint(
         ckpt.learner, ckpt.metadata, episodes=episodes, batch_size=batch_size,
         noise_levels=noise_levels or (0.5, 1.0), domains=domains, root=root, download=download, precision=precision,
@@ -183,6 +205,41 @@ def eval_command(checkpoint: str, episodes: int, batch_size: int, noise_levels: 
         table.add_row(r.name, r.dataset, str(r.tasks), str(r.train_shots), f"{r.noise_std:g}", str(r.episodes),
                       score, ci, f"{r.episodes_per_s:.0f}")
     Console().print(table)
+
+
+def _eval_grid(checkpoints: tuple[str, ...], adapters: tuple[str, ...], episodes: int, batch_size: int, device: str,
+               precision: str, as_json: bool, grid_tasks: str, grid_shots: str, anytime: str, root: str | None,
+               download: bool) -> None:
+    """`eval --grid`: one table, heatmap and anytime curve per checkpoint, or one JSON document."""
+    from mclstudio.cli.grid_report import grid_json, parse_int_list, parse_shape, render_grid
+    from mclstudio.training.adapters import load_learners
+    from mclstudio.training.evaluate import evaluate_grid
+    from mclstudio.training.trainer import resolve_device
+
+    tasks, shots = parse_int_list(grid_tasks, "--grid-tasks"), parse_int_list(grid_shots, "--grid-shots")
+    shape = parse_shape(anytime, "--anytime")
+    loaded = load_learners(checkpoints, adapters, device=resolve_device(device))
+    reports, rendered = [], []
+    for ckpt in loaded:
+        cells, curve = evaluate_grid(ckpt.learner, ckpt.metadata, tasks, shots, shape, episodes, batch_size, precision,
+                                     root, download)
+        reports.append({
+            "checkpoint": str(ckpt.path), "sha256": ckpt.sha256, "model": ckpt.learner.config.model,
+            "adapter": str(ckpt.adapter_path or ""), "parameters": ckpt.learner.num_parameters(),
+            "device": str(next(ckpt.learner.parameters()).device), "precision": precision,
+            "grid_tasks": list(tasks), "grid_shots": list(shots),
+            "cells": [c.to_dict() for c in cells], "anytime": curve.to_dict(),
+        })
+        adapted = f" + adapter {ckpt.adapter_path.name}" if ckpt.adapter_path else ""
+        rendered += render_grid(f"{ckpt.path.name}{adapted} ({ckpt.learner.config.model})", tasks, shots, cells, curve)
+    if as_json:
+        click.echo(grid_json(reports))
+        return
+    from rich.console import Console
+
+    console = Console()
+    for item in rendered:
+        console.print(item)
 
 
 @cli.command()
@@ -258,7 +315,7 @@ _add_recording_commands()
 @click.option("--dataset", default="omniglot-mini", show_default=True, help="The picker's default dataset (domain).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--tasks", default=20, show_default=True)
-@click.option("--shots", default=5, show_default=True)
+@click.option("--shots", default="5", show_default=True, help="Training shots per task, or one per task: 1,3,5,...")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--noise", default=0.0, show_default=True, help="Gaussian input-noise std.")
 @click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu or cuda[:N].")
@@ -266,7 +323,7 @@ _add_recording_commands()
 @click.option("--play", is_flag=True, help="Skip the picker and start playing the default episode.")
 @precision_option
 @adapter_option
-def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: int, seed: int,
+def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: str, seed: int,
                  noise: float, device: str, record_dir: str, play: bool, precision: str, adapters: tuple[str, ...]) -> None:
     """Open the live studio (a Textual app) on one or more checkpoints."""
     from mclstudio.tui.cli import open_studio

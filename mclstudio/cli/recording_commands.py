@@ -20,7 +20,7 @@ from mclstudio.formatting import format_bytes
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--episodes", default=4, show_default=True, help="Episodes to record (seeds --seed, --seed+1, ...).")
 @click.option("--tasks", default=20, show_default=True, help="Tasks (classes) per episode.")
-@click.option("--shots", default=5, show_default=True, help="Training shots per task.")
+@click.option("--shots", default="5", show_default=True, help="Training shots per task, or one per task: 1,3,5,...")
 @click.option("--test-shots", default=5, show_default=True, help="Query shots per task.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the first episode.")
 @click.option("--noise", default=0.0, show_default=True, help="Gaussian input-noise std.")
@@ -33,13 +33,13 @@ from mclstudio.formatting import format_bytes
 @click.option("-o", "--out", default="run.h5", show_default=True, help="The recording (HDF5) to write.")
 @precision_option
 @adapter_option
-def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: int, test_shots: int, seed: int,
+def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: str, test_shots: int, seed: int,
            noise: float, split: str, dataset: str, eval_every: str, rows_every: str, out: str, precision: str,
            adapters: tuple[str, ...]) -> None:
     """Stream episodes through one or more checkpoints in lock-step and record everything to HDF5."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mclstudio.data.episodes import EpisodeSpec
+    from mclstudio.data.episodes import EpisodeSpec, parse_shots
     from mclstudio.precision import check_precision
     from mclstudio.recording.session import default_rows_queries, record_session
     from mclstudio.training.adapters import load_learners
@@ -47,12 +47,13 @@ def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: int, 
     check_precision(precision, "cpu")  # record runs on the CPU
     loaded = load_learners(checkpoints, adapters)
     vocab = min(c.learner.config.y_vocab for c in loaded)
-    spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=shots, test_shots=test_shots,
-                       seed=seed, noise_std=noise, num_codes=vocab)
+    train_shots, per_task = parse_shots(shots, tasks)
+    spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=train_shots, shots=per_task,
+                       test_shots=test_shots, seed=seed, noise_std=noise, num_codes=vocab)
     spec.validate()
     config = EngineConfig(eval_every=eval_every, rows_queries=default_rows_queries(spec), rows_every=rows_every,
                           precision=precision)
-    steps = tasks * shots
+    steps = spec.stream_length
     interactive = sys.stderr.isatty()
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),

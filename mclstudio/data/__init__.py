@@ -3,7 +3,7 @@
 Imports nothing else from mclstudio. See docs/data.md.
 """
 
-from mclstudio.data.episodes import DataError, Episode, EpisodeSpec
+from mclstudio.data.episodes import DataError, Episode, EpisodeSpec, ShapeRange, parse_range, parse_shots
 from mclstudio.data.sources import OMNIGLOT_MINI_SPLITS, EpisodeSource, ImageSource, get_source
 
-__all__ = ["DataError", "Episode", "EpisodeSpec", "EpisodeSource", "ImageSource", "get_source", "OMNIGLOT_MINI_SPLITS"]
+__all__ = ["DataError", "Episode", "EpisodeSpec", "ShapeRange", "parse_range", "parse_shots", "EpisodeSource", "ImageSource", "get_source", "OMNIGLOT_MINI_SPLITS"]

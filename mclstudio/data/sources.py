@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mclstudio.data import augmentation
 from mclstudio.data.episodes import DataError, Episode, EpisodeSpec
 
 SPLITS = ("train", "test")
@@ -123,15 +124,16 @@ class EpisodeSource(ABC):
             raise DataError("cannot batch zero episodes")
         for spec in specs:
             self.check(spec)
-        shapes = {(s.tasks, s.train_shots, s.test_shots) for s in specs}
+        shapes = {(s.tasks, s.task_shots, s.test_shots, s.augment) for s in specs}
         if len(shapes) > 1:
-            raise DataError("episodes of one batch must share tasks, train shots and test shots")
+            raise DataError("episodes of one batch must share tasks, train shots, test shots and augmentation")
 
     @staticmethod
     def _layout(spec: EpisodeSpec, device: torch.device) -> tuple[Tensor, Tensor]:
         """Task-major task index of each stream example (N,) and query (Q,)."""
         tasks = torch.arange(spec.tasks, device=device)
-        return tasks.repeat_interleave(spec.train_shots), tasks.repeat_interleave(spec.test_shots)
+        shots = torch.tensor(spec.task_shots, device=device)
+        return tasks.repeat_interleave(shots), tasks.repeat_interleave(spec.test_shots)
 
 
 class ImageSource(EpisodeSource):
@@ -145,6 +147,7 @@ class ImageSource(EpisodeSource):
 
     kind = "classification"
     y_dim = 0
+    new_class_rotations = True  # augmentation may rotate a class by 90 degrees into a new class
     images: Tensor
     class_index: np.ndarray
     class_counts: np.ndarray
@@ -167,12 +170,12 @@ class ImageSource(EpisodeSource):
     def check(self, spec: EpisodeSpec) -> None:
         super().check(spec)
         have = self.samples_per_class(spec.split)
-        need = spec.train_shots + spec.test_shots
+        need = spec.max_shots + spec.test_shots
         if need > have:
             counted = "in its smallest class" if self._ragged else "per class"
             raise DataError(
                 f"{self.name} {spec.split} split has {have} samples {counted}; "
-                f"{spec.train_shots} train + {spec.test_shots} test shots need {need}"
+                f"{spec.max_shots} train + {spec.test_shots} test shots need {need}"
             )
 
     def _move_data(self, device: torch.device) -> None:
@@ -181,8 +184,8 @@ class ImageSource(EpisodeSource):
     def draw(self, spec: EpisodeSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
         """The numpy draws of one episode.
 
-        Returns class_ids (T,), codes (T,), sample ids (T, S_train + S_test) -- the first S_train of a
-        row are the stream's, the rest the queries', all distinct -- and the rng (for the noise seed).
+        Returns class_ids (T,), codes (T,), sample ids (T, S_max + S_test) -- the first S_t of row t
+        are the stream's, the last S_test the queries', all distinct -- and the rng (for the noise seed).
         """
         rng = episode_rng(spec)
         pool = self.split_classes[spec.split]
@@ -193,7 +196,7 @@ class ImageSource(EpisodeSource):
         keys = rng.random((spec.tasks, self.class_index.shape[1]))
         if self._ragged:  # classes of unequal size: mask the padding
             keys[self.class_index[class_ids] < 0] = np.inf
-        pick = keys.argsort(axis=1)[:, : spec.train_shots + spec.test_shots]
+        pick = keys.argsort(axis=1)[:, : spec.max_shots + spec.test_shots]
         sample_ids = self.class_index[class_ids[:, None], pick]
         return class_ids, codes, sample_ids, rng
 
@@ -212,33 +215,42 @@ class ImageSource(EpisodeSource):
     def batch(self, specs: list[EpisodeSpec]) -> Episode:
         self._check_batch(specs)
         first = specs[0]
-        s_train = first.train_shots
-        n_stream, n_query = first.tasks * first.train_shots, first.tasks * first.test_shots
+        s_max = first.max_shots
+        n_stream, n_query = first.stream_length, first.tasks * first.test_shots
         noise_shapes = [(n_stream, *self.x_shape), (n_query, *self.x_shape)]
-        class_ids, codes, train_ids, test_ids, noises = [], [], [], [], []
+        # Uneven shots: task t streams the first S_t of its S_max slots; the rest are padding (-1).
+        padding = np.arange(s_max)[None, :] >= np.asarray(first.task_shots)[:, None]  # (T, S_max)
+        class_ids, codes, train_ids, test_ids, noises, variants = [], [], [], [], [], []
         for spec in specs:  # the draws are per episode (each is a function of its own spec)
             c, k, ids, rng = self.draw(spec)
             class_ids.append(c)
             codes.append(k)
-            train_ids.append(ids[:, :s_train])
-            test_ids.append(ids[:, s_train:])
+            train_ids.append(np.where(padding, -1, ids[:, :s_max]))
+            test_ids.append(ids[:, s_max:])
             noises.append(_noise(rng, spec, noise_shapes) if spec.noise_std > 0 else None)
+            if spec.augment:
+                variants.append(augmentation.draw_class_transforms(spec, self.new_class_rotations))
 
         # One gather for the whole batch, on the device that holds the images.
         dev = self.device
         class_t = torch.from_numpy(np.stack(class_ids)).to(dev)
         codes_t = torch.from_numpy(np.stack(codes)).to(dev)
-        train_t = torch.from_numpy(np.stack(train_ids)).to(dev)  # (B, T, S_train)
+        train_t = torch.from_numpy(np.stack(train_ids)).to(dev)  # (B, T, S_max)
         test_t = torch.from_numpy(np.stack(test_ids)).to(dev)  # (B, T, S_test)
         batch_size = len(specs)
-        stream_x = self._gather(train_t.reshape(batch_size, -1))  # (B, N, C, H, W)
+        stream_task, query_task = self._layout(first, dev)
+        stream_ids = torch.from_numpy(np.stack(train_ids)[:, ~padding]).to(dev)  # (B, N), task-major
+        stream_x = self._gather(stream_ids)  # (B, N, C, H, W)
         query_x = self._gather(test_t.reshape(batch_size, -1))  # (B, Q, C, H, W)
+        if variants:  # every episode of a batch shares `augment` (it is part of the shape check)
+            transforms = augmentation.ClassTransforms.stack(variants, dev)
+            stream_x = augmentation.apply(stream_x, stream_task, transforms)
+            query_x = augmentation.apply(query_x, query_task, transforms)
         for b, noise in enumerate(noises):
             if noise is not None:
                 stream_x[b] += noise[0].to(dev)
                 query_x[b] += noise[1].to(dev)
 
-        stream_task, query_task = self._layout(first, dev)
         return Episode(
             stream_x=stream_x,
             stream_y=codes_t[:, stream_task],
@@ -277,6 +289,7 @@ class OmniglotMini(ImageSource):
 
     name = "omniglot-mini"
     drawers = 20
+    new_class_rotations = False  # the pool already holds every rotation as a class of its own
 
     def __init__(self, channels: int | None = None) -> None:
         asset = importlib.resources.files("mclstudio.data") / "assets" / "omniglot_mini.npz"
@@ -488,6 +501,11 @@ class SineSource(EpisodeSource):
         self._split_check(split)
         return self.unlimited
 
+    def check(self, spec: EpisodeSpec) -> None:
+        super().check(spec)
+        if spec.augment:
+            raise DataError("sine has no images to augment; leave augmentation off")
+
     def draw(self, spec: EpisodeSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
         """(T, S_train, 50) stream x and y, (T, S_test, 50) query x and y (float64), and the rng."""
         rng = episode_rng(spec)
@@ -496,7 +514,7 @@ class SineSource(EpisodeSource):
         phase_x = rng.uniform(0.0, 2 * math.pi, spec.tasks)[:, None, None]
         phase_y = rng.uniform(0.0, 2 * math.pi, spec.tasks)[:, None, None]
         curves = []
-        for shots in (spec.train_shots, spec.test_shots):
+        for shots in (spec.max_shots, spec.test_shots):  # uneven shots: task t streams its first S_t
             amp = rng.uniform(0.5, 1.5, (spec.tasks, shots))[:, :, None]
             x = amp * np.sin(freq * t + phase_x) + rng.normal(0.0, self.x_noise, (spec.tasks, shots, self.points))
             y = amp * np.sin(freq * t + phase_y)
@@ -507,8 +525,10 @@ class SineSource(EpisodeSource):
         self._check_batch(specs)
         first = specs[0]
         sx, sy, qx, qy = [], [], [], []
+        keep = np.arange(first.max_shots)[None, :] < np.asarray(first.task_shots)[:, None]  # (T, S_max)
         for spec in specs:
             stream_x, stream_y, query_x, query_y, rng = self.draw(spec)
+            stream_x, stream_y = stream_x[keep], stream_y[keep]  # (N, 50), task-major
             stream_x = torch.from_numpy(stream_x.reshape(-1, self.points)).float()
             query_x = torch.from_numpy(query_x.reshape(-1, self.points)).float()
             if spec.noise_std > 0:
@@ -531,7 +551,7 @@ class SineSource(EpisodeSource):
             query_task=query_task,
             class_ids=torch.full((batch_size, tasks), -1, dtype=torch.int64, device=dev),
             codes=torch.arange(tasks, device=dev).expand(batch_size, tasks).clone(),
-            train_sample_ids=torch.full((batch_size, tasks, first.train_shots), -1, dtype=torch.int64, device=dev),
+            train_sample_ids=torch.full((batch_size, tasks, first.max_shots), -1, dtype=torch.int64, device=dev),
             test_sample_ids=torch.full((batch_size, tasks, first.test_shots), -1, dtype=torch.int64, device=dev),
             specs=list(specs),
         )

@@ -168,7 +168,9 @@ def _write_episode(
     g.attrs["index"] = index
     spec = episode.specs[0]
     for key, value in spec.to_dict().items():
-        g.attrs[key] = -1 if value is None else value  # HDF5 has no None: num_codes None is stored as -1
+        # HDF5 has no None: num_codes None and shots None (even shots) are stored as -1; uneven shots
+        # as an int64 array, one per task.
+        g.attrs[key] = -1 if value is None else (np.asarray(value, dtype=np.int64) if key == "shots" else value)
     small = {
         "class_ids": episode.class_ids[0],
         "codes": episode.codes[0],
@@ -244,9 +246,8 @@ def _read(f: h5py.File, path: Path) -> Recording:
         if not g.attrs.get("complete", False):
             incomplete += 1
             continue
-        spec = EpisodeSpec.from_dict({k: _plain(g.attrs[k]) for k in EpisodeSpec.__dataclass_fields__ if k in g.attrs})
-        if spec.num_codes == -1:
-            spec = EpisodeSpec.from_dict({**spec.to_dict(), "num_codes": None})
+        stored = {k: _plain(g.attrs[k]) for k in EpisodeSpec.__dataclass_fields__ if k in g.attrs}
+        spec = EpisodeSpec.from_dict({k: None if k in ("num_codes", "shots") and v == -1 else v for k, v in stored.items()})
         ep = RecordedEpisode(
             index=int(g.attrs["index"]),
             spec=spec,
@@ -296,4 +297,6 @@ def _plain(value: Any) -> Any:
         return value.decode()
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, np.ndarray):  # uneven shots
+        return [int(v) for v in value]
     return value

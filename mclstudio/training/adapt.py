@@ -95,7 +95,7 @@ def adapt(cfg: AdaptConfig, on_log: Callable[[TrainLog], None] | None = None) ->
         raise DataError(f"{cfg.dataset} gives inputs of shape {source.x_shape}; the learner takes {x_shape}")
     trained = EpisodeSpec.from_dict(base.metadata.get("episode_spec", {}))
     spec = replace(
-        trained, dataset=cfg.dataset, split="train", seed=0, noise_std=0.0,
+        trained, dataset=cfg.dataset, split="train", seed=0, noise_std=0.0, augment=False,
         tasks=cfg.tasks or trained.tasks, train_shots=cfg.train_shots or trained.train_shots,
         test_shots=cfg.test_shots or trained.test_shots,
         num_codes=None if learner.config.is_regression else learner.config.y_vocab,

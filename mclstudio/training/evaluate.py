@@ -52,7 +52,7 @@ class SettingResult:
 def trained_spec(metadata: dict[str, Any], num_codes: int | None) -> EpisodeSpec:
     """The meta-test counterpart of the spec a checkpoint was trained on."""
     spec = EpisodeSpec.from_dict(metadata.get("episode_spec", {}))
-    return replace(spec, split="test", seed=0, noise_std=0.0, num_codes=num_codes)
+    return replace(spec, split="test", seed=0, noise_std=0.0, num_codes=num_codes, augment=False)
 
 
 def paper_settings(base: EpisodeSpec, noise_levels: tuple[float, ...] = (0.5, 1.0)) -> list[Setting]:
@@ -138,3 +138,91 @@ def evaluate_checkpoint(
                              precision)
         )
     return results
+
+
+# ---- the shape grid and the anytime curve (`mclstudio eval --grid`) ----
+
+GRID_TASKS = (5, 10, 20, 40, 100)
+GRID_SHOTS = (1, 2, 5, 10)
+ANYTIME_SHAPE = (20, 5)  # tasks x shots of the stream the anytime curve follows
+
+
+@dataclass
+class AnytimeCurve:
+    """Accuracy on the tasks seen after each task of one stream shape: mean[k] and ci95[k] after k + 1
+    tasks, over ``episodes`` episodes (the grid's seeds). ``skipped`` says why it could not run."""
+
+    tasks: int
+    shots: int
+    episodes: int
+    mean: list[float]
+    ci95: list[float]
+    skipped: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def grid_settings(base: EpisodeSpec, tasks: tuple[int, ...], shots: tuple[int, ...]) -> list[Setting]:
+    """One setting per (tasks, shots) cell, tasks-major, named "TxS"."""
+    return [Setting(f"{t}x{s}", replace(base, tasks=t, train_shots=s, shots=None)) for t in tasks for s in shots]
+
+
+@torch.no_grad()
+def anytime_curve(
+    learner: Learner,
+    source: EpisodeSource,
+    spec: EpisodeSpec,
+    episodes: int = 512,
+    batch_size: int = 64,
+    precision: str = "fp32",
+) -> AnytimeCurve:
+    """After each task k of ``spec``'s stream, the accuracy on the queries of tasks 0..k, computed exactly
+    by running the learner on the stream's prefix of the first k + 1 tasks (any learner, no state
+    access). Same episodes (seeds) as ``evaluate_setting``, so the last point is its accuracy."""
+    curve = AnytimeCurve(spec.tasks, spec.train_shots, 0, [], [])
+    if learner.config.is_regression:
+        return replace(curve, skipped="the anytime curve is for classification")
+    if spec.codes > learner.config.y_vocab:
+        return replace(curve, skipped=f"{spec.tasks} tasks exceed the learner's {learner.config.y_vocab} label codes")
+    try:
+        source.episode(spec)
+    except DataError as exc:
+        return replace(curve, skipped=str(exc))
+    device = next(learner.parameters()).device
+    learner.eval()
+    scores = np.zeros((episodes, spec.tasks))
+    stream_end = np.cumsum(spec.task_shots)  # stream examples of the first k + 1 tasks
+    for first in range(0, episodes, batch_size):
+        specs = [spec.with_seed(EVAL_SEED_BASE + i) for i in range(first, min(first + batch_size, episodes))]
+        ep = source.batch(specs).to(device)
+        for k in range(spec.tasks):
+            n, q = int(stream_end[k]), (k + 1) * spec.test_shots
+            with autocast(precision, device):
+                logits = learner(ep.stream_x[:, :n], ep.stream_y[:, :n], ep.query_x[:, :q]).logits.float()
+            scores[first : first + len(specs), k] = episode_accuracy(logits, ep.query_y[:, :q]).cpu().numpy()
+    stats = [mean_ci95(scores[:, k]) for k in range(spec.tasks)]
+    return replace(curve, episodes=episodes, mean=[m for m, _ in stats], ci95=[c for _, c in stats])
+
+
+def evaluate_grid(
+    learner: Learner,
+    metadata: dict[str, Any],
+    tasks: tuple[int, ...] = GRID_TASKS,
+    shots: tuple[int, ...] = GRID_SHOTS,
+    anytime: tuple[int, int] = ANYTIME_SHAPE,
+    episodes: int = 512,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    root: str | None = None,
+    download: bool = False,
+) -> tuple[list[SettingResult], AnytimeCurve]:
+    """Accuracy over the tasks x shots grid on the checkpoint's meta-test split (cells the data or the
+    label vocabulary cannot serve come back skipped), and the anytime curve of the ``anytime`` shape."""
+    num_codes = None if learner.config.is_regression else learner.config.y_vocab
+    base = trained_spec(metadata, num_codes)
+    device = next(learner.parameters()).device
+    source = get_source(base.dataset, root=root, download=download).to(device)
+    cells = [evaluate_setting(learner, source, s, episodes, batch_size, precision) for s in grid_settings(base, tasks, shots)]
+    curve_spec = replace(base, tasks=anytime[0], train_shots=anytime[1], shots=None)
+    return cells, anytime_curve(learner, source, curve_spec, episodes, batch_size, precision)

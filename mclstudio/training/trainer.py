@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from mclstudio.data import Episode, EpisodeSpec, ImageSource, get_source
+from mclstudio.data import Episode, EpisodeSpec, ImageSource, ShapeRange, get_source
 from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.metrics import episode_accuracy, episode_mse
@@ -63,6 +63,11 @@ class TrainConfig:
     pretrain_steps: int = 0  # prototypical pre-training of the encoder first (see pretrain.py)
     frozen_encoder_steps: int = 0  # then this many meta-training steps with the encoder frozen
     max_minutes: float = 0.0  # stop early (with a checkpoint) after this long; 0 = no limit
+    # Episode shapes: each step samples tasks in tasks_range and each task's shots in shots_range
+    # (None: the fixed tasks / train_shots above, which stay the checkpoint's nominal shape for eval).
+    tasks_range: tuple[int, int] | None = None
+    shots_range: tuple[int, int] | None = None
+    augment: bool = False  # class-level augmentation of the meta-train images (data/augmentation.py)
     learner: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -83,6 +88,14 @@ class TrainConfig:
             raise ValueError(f"learning rate must be positive, not {self.lr}")
         if self.slct_lambda < 0:
             raise ValueError(f"selectivity lambda must be >= 0, not {self.slct_lambda}")
+        if self.tasks_range is not None or self.shots_range is not None:
+            self.shapes().validate()  # (the fixed shape is checked by its EpisodeSpec)
+
+    def shapes(self) -> ShapeRange:
+        """The distribution of training episode shapes (a single shape without the ranges)."""
+        tasks = tuple(self.tasks_range) if self.tasks_range else (self.tasks, self.tasks)
+        shots = tuple(self.shots_range) if self.shots_range else (self.train_shots, self.train_shots)
+        return ShapeRange(tasks[0], tasks[1], shots[0], shots[1])
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> TrainConfig:
@@ -179,7 +192,7 @@ def meta_train_step(
     already-embedded samples (a frozen encoder's pool) instead of running the encoder. ``query_end`` (Q,):
     the pairs each query sees (the anytime objective, ``anytime.sample_query_end``); None: all."""
     if table is not None:
-        stream_x, query_x = table[ep.train_sample_ids.flatten(1)], table[ep.test_sample_ids.flatten(1)]
+        stream_x, query_x = table[ep.stream_sample_ids()], table[ep.test_sample_ids.flatten(1)]
     else:
         stream_x, query_x = ep.stream_x, ep.query_x
     with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
@@ -266,9 +279,10 @@ def build_for_data(cfg: TrainConfig, source_x_shape: tuple[int, ...], y_dim: int
     if y_dim > 0:
         overrides.update(y_vocab=0, y_dim=y_dim)
     else:
-        overrides.setdefault("y_vocab", max(100, cfg.tasks))
-        if overrides["y_vocab"] < cfg.tasks:
-            raise ValueError(f"{cfg.tasks} tasks need at least {cfg.tasks} label codes (y_vocab)")
+        most = max(cfg.tasks, cfg.shapes().max_tasks)
+        overrides.setdefault("y_vocab", max(100, most))
+        if overrides["y_vocab"] < most:
+            raise ValueError(f"{most} tasks need at least {most} label codes (y_vocab)")
     torch.manual_seed(cfg.seed)
     return build_learner(make_config(cfg.model, **overrides))
 
@@ -293,10 +307,13 @@ def train(
     num_codes = None if learner.config.is_regression else learner.config.y_vocab
     base_spec = EpisodeSpec(
         dataset=cfg.dataset, split="train", tasks=cfg.tasks, train_shots=cfg.train_shots,
-        test_shots=cfg.test_shots, seed=0, noise_std=cfg.noise_std, num_codes=num_codes,
+        test_shots=cfg.test_shots, seed=0, noise_std=cfg.noise_std, num_codes=num_codes, augment=cfg.augment,
     )
     base_spec.validate()
     source.episode(base_spec)  # fail early (too many tasks, too few samples) before any training
+    shapes = cfg.shapes()  # sampled per step when a range is given, else every step is base_spec's shape
+    sampled_shapes = cfg.tasks_range is not None or cfg.shots_range is not None
+    source.episode(replace(base_spec, tasks=shapes.max_tasks, train_shots=shapes.max_shots))  # the largest shape
 
     optimizer = build_optimizer(learner, cfg.lr, device)
     schedule = warmup_halving_schedule(optimizer, cfg.warmup_steps, cfg.lr_halve_every)
@@ -323,16 +340,18 @@ def train(
 
     # A frozen encoder's embedding of a sample never changes: embed the image pool once and look the
     # stream and queries up, so these steps cost the sequence model alone (images only, no input noise).
+    # Augmented images are new every episode: the frozen encoder runs on them (no table).
     frozen_table = None
-    if cfg.frozen_encoder_steps > start_step and isinstance(source, ImageSource) and cfg.noise_std == 0:
-        frozen_table = embed_pool(learner, source)
+    frozen_encoder = cfg.frozen_encoder_steps > start_step and isinstance(source, ImageSource) and cfg.noise_std == 0
+    if frozen_encoder:
+        frozen_table = None if cfg.augment else embed_pool(learner, source)
         learner.embedding.x_encoder.requires_grad_(False)
 
     model: torch.nn.Module = learner
     if world > 1:
         model = DistributedDataParallel(
             learner, device_ids=[local_rank] if device.type == "cuda" else None,
-            find_unused_parameters=frozen_table is not None,
+            find_unused_parameters=frozen_encoder,
         )
     use_amp = cfg.amp and device.type == "cuda"
     window = LogWindow()
@@ -361,13 +380,14 @@ def train(
     started = time.perf_counter()
     done = start_step
     for step in range(start_step, cfg.steps):
+        step_spec = shapes.apply(base_spec, cfg.seed, step) if sampled_shapes else base_spec
         specs = [
-            base_spec.with_seed(episode_seed(cfg.seed, step, rank, world, i, cfg.batch_size))
+            step_spec.with_seed(episode_seed(cfg.seed, step, rank, world, i, cfg.batch_size))
             for i in range(cfg.batch_size)
         ]
         ep = source.batch(specs)
-        if frozen_table is not None and step >= cfg.frozen_encoder_steps:
-            frozen_table = None
+        if frozen_encoder and step >= cfg.frozen_encoder_steps:
+            frozen_encoder, frozen_table = False, None
             learner.embedding.x_encoder.requires_grad_(True)
         query_end = None
         if cfg.objective == "anytime":

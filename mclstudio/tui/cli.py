@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mclstudio.data.episodes import EpisodeSpec
+from mclstudio.data.episodes import EpisodeSpec, parse_shots
 from mclstudio.precision import check_precision
 from mclstudio.recording.hdf5 import read_recording
 from mclstudio.training.adapters import load_learners
@@ -16,7 +16,7 @@ from mclstudio.tui.feeds import LiveFeed, ReplayFeed
 
 
 def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omniglot-mini", split: str = "test",
-                   tasks: int = 20, shots: int = 5, seed: int = 0, noise: float = 0.0, device: str = "auto",
+                   tasks: int = 20, shots: int | str = 5, seed: int = 0, noise: float = 0.0, device: str = "auto",
                    record_dir: str | Path = ".", play: bool = False, show_timing: bool = True,
                    precision: str = "fp32", adapters: tuple[str, ...] | list[str] = ()) -> StudioApp:
     """Load the checkpoints (on the GPU when there is one), apply any adapters and check the default
@@ -24,7 +24,9 @@ def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omn
     dev = resolve_device(device)
     check_precision(precision, dev)
     loaded = load_learners(checkpoints, adapters, device=dev)
-    spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=shots, seed=seed, noise_std=noise)
+    train_shots, per_task = parse_shots(str(shots), tasks)  # "5", or one per task: "1,3,5"
+    spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=train_shots, shots=per_task, seed=seed,
+                       noise_std=noise)
     LiveFeed(loaded, spec)  # raises on a spec the learners or the dataset cannot serve
     if not Path(record_dir).is_dir():
         raise ValueError(f"record folder not found: {record_dir}")

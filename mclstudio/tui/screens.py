@@ -10,7 +10,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 
-from mclstudio.data.episodes import EpisodeSpec
+from mclstudio.data.episodes import DataError, EpisodeSpec, parse_shots
 from mclstudio.tui.widgets import AccuracyPanel, AssociationMap, ExampleView, MatrixHeatmap, NormsPanel, StatsPanel
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class PickerScreen(Screen):
             yield Label("split (meta-test or meta-train alphabets)")
             yield Select([("test", "test"), ("train", "train")], value=s.split, allow_blank=False, id="split")
             with Horizontal(classes="row"):
-                for key, label, value in (("tasks", "tasks", s.tasks), ("shots", "shots", s.train_shots),
+                for key, label, value in (("tasks", "tasks", s.tasks), ("shots", "shots", ",".join(map(str, s.task_shots)) if s.shots else s.train_shots),
                                           ("seed", "seed", s.seed), ("noise", "input noise", s.noise_std)):
                     with Vertical(classes="field"):
                         yield Label(label)
@@ -74,10 +74,14 @@ class PickerScreen(Screen):
     def start(self) -> None:
         get = lambda key: self.query_one(f"#{key}", Input).value.strip()  # noqa: E731
         try:
+            train_shots, per_task = parse_shots(get("shots"), int(get("tasks")))  # "5" or one per task "1,3,5"
             spec = EpisodeSpec(dataset=get("dataset"), split=str(self.query_one("#split", Select).value),
-                               tasks=int(get("tasks")), train_shots=int(get("shots")),
+                               tasks=int(get("tasks")), train_shots=train_shots, shots=per_task,
                                test_shots=self.spec.test_shots, seed=int(get("seed")),
                                noise_std=float(get("noise")), num_codes=self.spec.num_codes)
+        except DataError as exc:
+            self.query_one("#picker-error", Static).update(f"[red]{exc}[/]")
+            return
         except ValueError as exc:
             self.query_one("#picker-error", Static).update(f"[red]not a number: {exc}[/]")
             return
