@@ -25,6 +25,7 @@ from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.metrics import episode_accuracy, episode_mse
 from mclstudio.training.checkpoint import load_checkpoint, save_checkpoint
+from mclstudio.training.interrupt import TrainingInterrupted, stop_requested
 from mclstudio.training.losses import selectivity_kl, task_loss
 from mclstudio.training.pretrain import pretrain_encoder
 
@@ -335,6 +336,7 @@ def train(
     learner.train()
     started = time.perf_counter()
     done = start_step
+    interrupted = False
     for step in range(start_step, cfg.steps):
         specs = [
             base_spec.with_seed(episode_seed(cfg.seed, step, rank, world, i, cfg.batch_size))
@@ -360,9 +362,14 @@ def train(
             checkpoint(done)
         if cfg.max_minutes > 0 and _out_of_time(started, cfg.max_minutes, world, device):
             break
+        if stop_requested(world, device):  # Ctrl-C / SIGTERM (training.interrupt): save below, then stop
+            interrupted = True
+            break
     checkpoint(done)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+    if interrupted:
+        raise TrainingInterrupted(str(out), done)
     return asdict(last_log) if last_log else previous_metrics
 
