@@ -38,6 +38,7 @@ CASES: list[tuple[list[str], str]] = [
     (["train", "-o", "FOLDER"], "is a folder"),
     (["train", "-o", "/proc/mclstudio-test/model.pt"], "not writable"),
     (["train", "-o", "EXISTING/model.pt"], "is not a folder"),
+    (["train", "-o", "FOLDER/m.pt", "--log-file", "FOLDER/m.pt"], "same file"),
     (["eval"], "Missing argument"),
     (["eval", CKPT, "--noise", "-1"], "--noise must be at least 0"),
     (["eval", CKPT, "--noise", "nan"], "not a finite number"),

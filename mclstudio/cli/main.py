@@ -134,6 +134,8 @@ def train(**kw: Any) -> None:
         frozen_encoder_steps=kw["frozen_encoder_steps"], learner=learner,
     )
     cfg.validate()
+    if kw["log_file"] and Path(kw["log_file"]).absolute() == Path(out).absolute():
+        raise ValueError("--log-file and -o are the same file; give the log another name")
     resuming = kw["resume"] and Path(out).exists()
     # Under torchrun only rank 0 writes, so only it claims the output.
     claim = claim_output(out, replace=kw["force"] or kw["resume"], what="checkpoint", estimate_bytes=(
