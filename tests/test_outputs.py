@@ -5,6 +5,7 @@ Ctrl-C / SIGTERM in train and adapt saves a resumable file. Tiny random checkpoi
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shlex
 import signal
@@ -289,3 +290,28 @@ def test_adapt_default_output_is_a_run_folder_and_never_its_input(tmp_path, monk
     assert saved.parts[0] == "runs" and saved.name == "adapter.pt"
     assert saved.parent.name.startswith("base-omniglot-mini-inverted-r2-")
     assert sorted(os.listdir(tmp_path)) == ["base.pt", "runs"]
+
+
+# ---- strict JSON ------------------------------------------------------------------------------------
+def _strict(text: str) -> object:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_nan_becomes_null(tmp_path, capsys):
+    ckpt = save_tiny(tmp_path / "a.pt")
+    # one episode: no confidence interval (NaN inside), which must come out as null
+    code, out, err = run(capsys, "eval", ckpt, "--episodes", "1", "--batch-size", "1", "--noise", "0.5", "--json",
+                         "--device", "cpu")
+    assert code == 0, err
+    report = _strict(out)
+    assert report["results"][0]["episodes"] == 1 and report["results"][0]["ci95"] is None
+    rec = tmp_path / "run.h5"
+    assert run(capsys, "record", ckpt, *RECORD, "-o", rec)[0] == 0
+    code, out, err = run(capsys, "replay", rec, "--json")
+    assert code == 0, err
+    assert _strict(out)["learners"][0]["accuracy_ci95"] is None
+    code, out, _ = run(capsys, "info", ckpt)
+    assert code == 0 and _strict(out)["config"]["d_model"] == 16

@@ -339,7 +339,7 @@ def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: 
     # r (record) and exports write new files there: the folder must exist and be writable.
     if not Path(record_dir).is_dir():
         raise ValueError(f"--record-dir {record_dir} is not a folder")
-    check_output(Path(record_dir) / ".mclstudio-write-check", what="recording")
+    check_output(Path(record_dir) / ".mclstudio-write-check", replace=True, what="recording")
 
     from mclstudio.tui.cli import open_studio
 
