@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes (torch puts some in its messages)
 
 
 def format_bytes(n: float) -> str:
@@ -17,13 +20,16 @@ def format_bytes(n: float) -> str:
 
 
 def clip(text: str, limit: int = 160) -> str:
-    """The first line of ``text``, shortened to at most ``limit`` characters at a word boundary, with "..."
-    where it was cut (a message is never cut mid-word)."""
-    first = text.strip().splitlines()[0] if text.strip() else ""
+    """The first line of ``text`` without terminal colour codes, shortened to at most ``limit`` characters
+    at a word boundary, with "..." where it was cut (a message is never cut mid-word)."""
+    plain = _ANSI.sub("", text).strip()
+    first = plain.splitlines()[0] if plain else ""
     if len(first) <= limit:
         return first
-    cut = first[: limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:(")
-    return f"{cut}..."
+    head = first[: limit - 3]
+    if first[limit - 3] != " " and " " in head:  # the cut fell inside a word: drop that word
+        head = head.rsplit(" ", 1)[0]
+    return f"{head.rstrip(' ,;:(')}..."
 
 
 def finite_or_none(obj: Any) -> Any:

@@ -4,6 +4,7 @@ leaves every file as it was (issue 17). All of these are refused before any comp
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,39 @@ def test_bad_input_gets_one_line_and_changes_no_file(tmp_path, monkeypatch, caps
     assert "Traceback" not in err and needle in lines[0], lines[0]
     assert _state(tmp_path, ROOT / "checkpoints", ROOT / "recordings") == before
     assert not os.listdir(work)
+
+
+def test_clip_never_cuts_a_word():
+    from mclstudio.formatting import clip
+
+    assert clip("short message", 20) == "short message"
+    assert clip("first line\nsecond line", 40) == "first line"
+    assert clip("the quick brown fox jumps over", 18) == "the quick brown..."
+    assert clip("options, do those steps", 12) == "options..."  # no dangling comma before the dots
+    assert clip("\x1b[1mbold\x1b[0m words", 40) == "bold words"  # no terminal codes in a message
+
+
+class NeedsUnpickling:  # an object only arbitrary unpickling can rebuild
+    pass
+
+
+def test_unpickling_refusal_ends_on_a_whole_word(tmp_path, capsys):
+    import pickle
+
+    import torch
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": NeedsUnpickling()}, evil)
+    with pytest.raises(pickle.UnpicklingError) as refused:
+        torch.load(evil, weights_only=True)
+    original = re.sub(r"\x1b\[[0-9;]*m", "", str(refused.value)).strip().splitlines()[0]
+    with pytest.raises(SystemExit):
+        main(["info", str(evil)])
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: ") and "\n" not in line and "\x1b" not in line and "arbitrary unpickling" in line
+    shown = line.split("for safety (", 1)[1].removesuffix(")")
+    if shown.endswith("..."):  # shortened: at a word boundary of torch's message
+        kept = shown[:-3]
+        assert original.startswith(kept) and original[len(kept)] in " ,;:(", (kept, original)
+    else:
+        assert shown == original
