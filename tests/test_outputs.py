@@ -315,3 +315,25 @@ def test_json_output_is_strict_nan_becomes_null(tmp_path, capsys):
     assert _strict(out)["learners"][0]["accuracy_ci95"] is None
     code, out, _ = run(capsys, "info", ckpt)
     assert code == 0 and _strict(out)["config"]["d_model"] == 16
+
+
+def test_two_record_processes_on_one_output_leave_a_readable_file(tmp_path):
+    """Two real `mclstudio record --force` processes started together on one -o: each either records
+    (exit 0) or is refused with the one lock line; the file left is a readable recording of one of them."""
+    import subprocess
+    import sys
+
+    a = save_tiny(tmp_path / "a.pt")
+    rec = tmp_path / "run.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    argv = [sys.executable, "-m", "mclstudio", "record", str(a), "--episodes", "3", "--tasks", "2", "--shots", "2",
+            "--test-shots", "1", "--force", "-o", str(rec)]
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    for code, err in results:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 0 or (code == 2 and len(lines) == 1 and "being written by another process" in lines[0]), err
+    assert any(code == 0 for code, _ in results)
+    assert len(read_recording(rec).episodes) == 3
+    assert sorted(os.listdir(tmp_path)) == ["a.pt", "run.h5"]
