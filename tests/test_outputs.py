@@ -147,10 +147,12 @@ def test_record_refuses_existing_output_and_own_input_appends_same_schema(tmp_pa
     assert rec.read_bytes() == first
     code, out, err = run(capsys, "record", a, *RECORD, "--seed", "5", "--append", "-o", rec)
     assert code == 0 and "(appended)" in out, err
+    assert run(capsys, "record", a, *RECORD, "--append", "-o", rec)[0] == 0  # no --seed: after the recorded ones
     recording = read_recording(rec)
-    assert [ep.index for ep in recording.episodes] == [0, 1] and [ep.spec.seed for ep in recording.episodes] == [0, 5]
+    assert [ep.index for ep in recording.episodes] == [0, 1, 2]
+    assert [ep.spec.seed for ep in recording.episodes] == [0, 5, 6]
     with h5py.File(rec, "r") as f:
-        assert f.attrs["episodes_complete"] == 2
+        assert f.attrs["episodes_complete"] == 3
     appended = rec.read_bytes()
     for other, needle in [((b,), "learners"), ((a, "--precision", "bf16"), "precision"),
                           ((a, "--eval-every", "step"), "eval_every")]:
@@ -162,7 +164,7 @@ def test_record_refuses_existing_output_and_own_input_appends_same_schema(tmp_pa
     one_line_error(*run(capsys, "record", a, "--episodes", "1", "--tasks", "3", "--shots", "1", "--test-shots", "1",
                         "--eval-every", "task", "--append", "-o", rec)[::2], "tasks")
     assert rec.read_bytes() == appended
-    code, _, _ = run(capsys, "record", a, *RECORD, "--force", "-o", rec)
+    code, _, _ = run(capsys, "record", a, *RECORD, "--force", "-o", rec)  # replaced: one episode again
     assert code == 0 and len(read_recording(rec).episodes) == 1
     assert sorted(os.listdir(tmp_path)) == ["a.pt", "b.pt", "notes.txt", "run.h5"]  # no lock or temporary left
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from mclstudio.cli.options import AMOUNT, COUNT, NON_NEGATIVE, adapter_option, force_option, precision_option
 from mclstudio.engine.stream import EVAL_MODES, ROWS_MODES, EngineConfig
@@ -35,7 +36,8 @@ BYTES_PER_LEARNER_STEP = 4096  # about what a recording takes per learner and st
               help="Association maps (first query of every task) at task ends or after every step.")
 @click.option("-o", "--out", default="run.h5", show_default=True, help="The recording (HDF5) to write.")
 @force_option
-@click.option("--append", is_flag=True, help="Add the episodes to the recording at -o (same learners and settings).")
+@click.option("--append", is_flag=True, help="Add the episodes to the recording at -o (same learners and settings); "
+              "without --seed, the new episodes continue after the recorded seeds.")
 @precision_option
 @adapter_option
 def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: int, test_shots: int, seed: int,
@@ -54,9 +56,20 @@ def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: int, 
                          what="recording", hint="pass --append to add episodes to it or --force to replace it")
     check_precision(precision, "cpu")  # record runs on the CPU
     with claim:
+        seed_given = click.get_current_context().get_parameter_source("seed") is not ParameterSource.DEFAULT
+        if append and Path(out).is_file() and not seed_given:
+            seed = _next_seed(out, seed)
         _record(checkpoints, adapters, episodes, EpisodeSpec(
             dataset=dataset, split=split, tasks=tasks, train_shots=shots, test_shots=test_shots, seed=seed,
             noise_std=noise), eval_every, rows_every, precision, out, append)
+
+
+def _next_seed(recording: str, seed: int) -> int:
+    """The seed after the highest recorded one, so that appended episodes are new ones."""
+    from mclstudio.recording.hdf5 import read_recording
+
+    recorded = [ep.spec.seed for ep in read_recording(recording).episodes]
+    return max(recorded) + 1 if recorded else seed
 
 
 def _record(checkpoints: tuple[str, ...], adapters: tuple[str, ...], episodes: int, spec: Any, eval_every: str,
