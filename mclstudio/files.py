@@ -187,6 +187,10 @@ def atomic_target(path: str | Path, fsync: bool = False) -> Iterator[Path]:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # e.g. a full disk: say which file, and that what was there is intact
+        tmp.unlink(missing_ok=True)
+        kept = "; the file there is unchanged" if path.exists() else ""
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}{kept}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

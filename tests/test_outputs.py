@@ -108,7 +108,7 @@ def test_atomic_target_removes_the_temporary_on_every_failure(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"the last good file")
     for failure in (RuntimeError("boom"), KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device")):
-        with pytest.raises(type(failure)):
+        with pytest.raises(OutputError if isinstance(failure, OSError) else type(failure)):
             with atomic_target(path) as tmp:
                 tmp.write_bytes(b"half a fi")
                 raise failure
@@ -124,7 +124,7 @@ def test_a_full_disk_during_save_checkpoint_leaves_no_temporary(tmp_path, monkey
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="No space left on device; the file there is unchanged"):
         save_checkpoint(path, load_checkpoint(path).learner, {})
     assert os.listdir(tmp_path) == ["m.pt"] and file_sha256(path) == sha
 
@@ -338,4 +338,25 @@ def test_two_record_processes_on_one_output_leave_a_readable_file(tmp_path):
         assert code == 0 or (code == 2 and len(lines) == 1 and "being written by another process" in lines[0]), err
     assert any(code == 0 for code, _ in results)
     assert len(read_recording(rec).episodes) == 3
+    assert sorted(os.listdir(tmp_path)) == ["a.pt", "run.h5"]
+
+
+def test_a_full_disk_while_recording_keeps_the_finished_episodes_and_no_temporary(tmp_path, monkeypatch, capsys):
+    import mclstudio.recording.hdf5 as hdf5
+
+    a = save_tiny(tmp_path / "a.pt")
+    rec = tmp_path / "run.h5"
+    assert run(capsys, "record", a, *RECORD, "-o", rec)[0] == 0
+    before = rec.read_bytes()
+
+    def copy_until_the_disk_is_full(src, dst):
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hdf5.shutil, "copyfile", copy_until_the_disk_is_full)
+    code, _, err = run(capsys, "record", a, *RECORD, "--append", "-o", rec)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # after the progress lines
+    assert code == 2 and errors == [err.strip().splitlines()[-1]], err
+    assert errors[0] == f"error: cannot write {rec}: No space left on device; the file there is unchanged"
+    assert rec.read_bytes() == before and len(read_recording(rec).episodes) == 1
     assert sorted(os.listdir(tmp_path)) == ["a.pt", "run.h5"]
