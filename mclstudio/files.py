@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from mclstudio.formatting import format_bytes
+from mclstudio.formatting import clip, format_bytes
 
 
 class OutputError(Exception):
@@ -187,10 +187,11 @@ def atomic_target(path: str | Path, fsync: bool = False) -> Iterator[Path]:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:  # e.g. a full disk: say which file, and that what was there is intact
-        tmp.unlink(missing_ok=True)
+    except (OSError, RuntimeError) as exc:  # a full disk (torch.save raises RuntimeError for it): which file,
+        tmp.unlink(missing_ok=True)         # and that what was there is intact
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else clip(str(exc), 120)
         kept = "; the file there is unchanged" if path.exists() else ""
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}{kept}") from exc
+        raise OutputError(f"cannot write {path}: {reason}{kept}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -107,8 +107,9 @@ def test_claim_output_removes_the_folders_it_made_when_nothing_was_written(tmp_p
 def test_atomic_target_removes_the_temporary_on_every_failure(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"the last good file")
-    for failure in (RuntimeError("boom"), KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device")):
-        with pytest.raises(OutputError if isinstance(failure, OSError) else type(failure)):
+    for failure in (ValueError("boom"), KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device"),
+                    RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")):
+        with pytest.raises(OutputError if isinstance(failure, (OSError, RuntimeError)) else type(failure)):
             with atomic_target(path) as tmp:
                 tmp.write_bytes(b"half a fi")
                 raise failure
