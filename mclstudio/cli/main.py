@@ -48,10 +48,10 @@ def _rank() -> int:
 
 
 def _stopping_message() -> None:
-    click.echo("\nstopping after this step to save a resumable checkpoint (Ctrl-C again to stop at once)", err=True)
+    click.echo("\nstopping after this step to save a resumable file (Ctrl-C again to stop at once)", err=True)
 
 
-def _interrupted(stop: Any, command: str) -> None:
+def _interrupted(stop: Any, what: str) -> None:
     """Say where the resumable file is and how to continue; exit 130 (as for Ctrl-C)."""
     args, skip = [], False
     for arg in _ARGV:
@@ -62,7 +62,7 @@ def _interrupted(stop: Any, command: str) -> None:
         elif not (arg.startswith("--out=") or arg in ("--force", "--resume")):
             args.append(arg)
     resume = shlex.join(["mclstudio", *args, "--resume", "-o", stop.path])
-    click.echo(f"interrupted after step {stop.step}: saved a resumable {command} file to {stop.path}; "
+    click.echo(f"interrupted after step {stop.step}: saved a resumable {what} to {stop.path}; "
                f"continue with: {resume}", err=True)
     sys.exit(130)
 
@@ -170,7 +170,7 @@ def train(**kw: Any) -> None:
             with progress:
                 final = run_training(cfg, on_log, on_pretrain_log)
         except TrainingInterrupted as stop:
-            _interrupted(stop, "train")
+            _interrupted(stop, "checkpoint")
         finally:
             if log_file is not None:
                 log_file.close()
@@ -302,7 +302,7 @@ def adapt(checkpoint: str, **kw: Any) -> None:
         try:
             result = run_adapt(cfg, on_log)
         except TrainingInterrupted as stop:
-            _interrupted(stop, "adapt")
+            _interrupted(stop, "adapter file")
     click.echo(f"saved {result['out']} ({result['bytes']:,} bytes): {result['trainable_parameters']:,} trainable "
                f"parameters in {result['targets']} adapters on a frozen base of {result['base_parameters']:,}")
 
