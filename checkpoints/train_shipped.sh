@@ -4,7 +4,8 @@
 # Runs the four trainings side by side on one GPU (or the CPU: set DEVICE=cpu and fewer STEPS).
 #   STEPS=6000 BATCH=32 OUTDIR=checkpoints bash checkpoints/train_shipped.sh
 # MODELS picks some of them (default: all five); the shipped ones all stopped at 4,998 steps.
-# RESUME=1 continues each from its checkpoint in OUTDIR (up to the new STEPS).
+# RESUME=1 continues each from its checkpoint in OUTDIR (up to the new STEPS); FORCE=1 replaces them
+# (without either, an existing checkpoint in OUTDIR is refused).
 set -euo pipefail
 STEPS=${STEPS:-6000}
 BATCH=${BATCH:-32}
@@ -18,6 +19,7 @@ LOGDIR=${LOGDIR:-$OUTDIR}
 PYTHON=${PYTHON:-python3}
 extra=()
 [ "${RESUME:-0}" = "1" ] && extra+=(--resume)
+[ "${FORCE:-0}" = "1" ] && extra+=(--force)
 [ -n "${MAX_MINUTES:-}" ] && extra+=(--max-minutes "$MAX_MINUTES")
 mkdir -p "$OUTDIR" "$LOGDIR"
 common=(--dataset omniglot-mini --tasks 20 --shots 5 --test-shots 5 --steps "$STEPS" --batch-size "$BATCH"

@@ -23,6 +23,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from mclstudio.formatting import clip
+
 # Under autocast, RMSNorm (Mamba's) gets a low-precision input and a float32 weight; torch warns once that
 # it falls back from its fused kernel to the composite one (same result). Noise for a command's user.
 warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
@@ -59,7 +61,7 @@ def _unsupported(precision: str, device: str) -> str:
             F.scaled_dot_product_attention(q, q, q, is_causal=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"{precision} does not run on {where} with torch {torch.__version__} ({first[:120]})"
+        return f"{precision} does not run on {where} with torch {torch.__version__} ({clip(first, 120)})"
     return ""
 
 

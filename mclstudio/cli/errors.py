@@ -1,9 +1,10 @@
 """The errors a command reports as one line (anything else is a bug)."""
 
 from mclstudio.data import DataError
+from mclstudio.files import OutputError
 from mclstudio.recording.hdf5 import RecordingError
 from mclstudio.training.checkpoint import CheckpointError
 
 ERROR_TYPES: tuple[type[BaseException], ...] = (
-    DataError, CheckpointError, RecordingError, ValueError, FloatingPointError, OSError,
+    DataError, OutputError, CheckpointError, RecordingError, ValueError, FloatingPointError, OSError,
 )

@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from mclstudio.cli.options import adapter_option, precision_option
+from mclstudio.cli.options import AMOUNT, COUNT, NON_NEGATIVE, adapter_option, force_option, precision_option
 from mclstudio.engine.stream import EVAL_MODES, ROWS_MODES, EngineConfig
-from mclstudio.formatting import format_bytes
+from mclstudio.files import atomic_target
+from mclstudio.formatting import format_bytes, strict_json
+
+BYTES_PER_LEARNER_STEP = 4096  # about what a recording takes per learner and stream example (run.h5: ~3.1 KB)
 
 
 @click.command()
 @click.argument("checkpoints", nargs=-1, required=True)
-@click.option("--episodes", default=4, show_default=True, help="Episodes to record (seeds --seed, --seed+1, ...).")
-@click.option("--tasks", default=20, show_default=True, help="Tasks (classes) per episode.")
+@click.option("--episodes", type=COUNT, default=4, show_default=True, help="Episodes to record (seeds --seed, --seed+1, ...).")
+@click.option("--tasks", type=COUNT, default=20, show_default=True, help="Tasks (classes) per episode.")
 @click.option("--shots", default="5", show_default=True, help="Training shots per task, or one per task: 1,3,5,...")
-@click.option("--test-shots", default=5, show_default=True, help="Query shots per task.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the first episode.")
-@click.option("--noise", default=0.0, show_default=True, help="Gaussian input-noise std.")
+@click.option("--test-shots", type=COUNT, default=5, show_default=True, help="Query shots per task.")
+@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of the first episode.")
+@click.option("--noise", type=AMOUNT, default=0.0, show_default=True, help="Gaussian input-noise std.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--dataset", default="omniglot-mini", show_default=True)
 @click.option("--eval-every", type=click.Choice(EVAL_MODES[:2]), default="step", show_default=True,
@@ -31,25 +35,57 @@ from mclstudio.formatting import format_bytes
 @click.option("--rows-every", type=click.Choice(ROWS_MODES), default="task", show_default=True,
               help="Association maps (first query of every task) at task ends or after every step.")
 @click.option("-o", "--out", default="run.h5", show_default=True, help="The recording (HDF5) to write.")
+@force_option
+@click.option("--append", is_flag=True, help="Add the episodes to the recording at -o (same learners and settings); "
+              "without --seed, the new episodes continue after the recorded seeds.")
 @precision_option
 @adapter_option
 def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: str, test_shots: int, seed: int,
-           noise: float, split: str, dataset: str, eval_every: str, rows_every: str, out: str, precision: str,
-           adapters: tuple[str, ...]) -> None:
+           noise: float, split: str, dataset: str, eval_every: str, rows_every: str, out: str, force: bool,
+           append: bool, precision: str, adapters: tuple[str, ...]) -> None:
     """Stream episodes through one or more checkpoints in lock-step and record everything to HDF5."""
+    from mclstudio.data.episodes import EpisodeSpec, parse_shots
+    from mclstudio.files import claim_output
+    from mclstudio.precision import check_precision
+
+    if force and append:
+        raise ValueError("--force (replace the recording) and --append (add to it) exclude each other")
+    train_shots, per_task = parse_shots(shots, tasks)
+    existing = Path(out).stat().st_size if append and Path(out).is_file() else 0
+    stream_examples = sum(per_task) if per_task else tasks * train_shots
+    estimate = existing + 2 * episodes * len(checkpoints) * stream_examples * BYTES_PER_LEARNER_STEP
+    claim = claim_output(out, replace=force or append, inputs=[*checkpoints, *adapters], estimate_bytes=estimate,
+                         what="recording", hint="pass --append to add episodes to it or --force to replace it")
+    check_precision(precision, "cpu")  # record runs on the CPU
+    with claim:
+        seed_given = click.get_current_context().get_parameter_source("seed") is not ParameterSource.DEFAULT
+        if append and Path(out).is_file() and not seed_given:
+            seed = _next_seed(out, seed)
+        _record(checkpoints, adapters, episodes, EpisodeSpec(
+            dataset=dataset, split=split, tasks=tasks, train_shots=train_shots, shots=per_task, test_shots=test_shots,
+            seed=seed, noise_std=noise), eval_every, rows_every, precision, out, append)
+
+
+def _next_seed(recording: str, seed: int) -> int:
+    """The seed after the highest recorded one, so that appended episodes are new ones."""
+    from mclstudio.recording.hdf5 import read_recording
+
+    recorded = [ep.spec.seed for ep in read_recording(recording).episodes]
+    return max(recorded) + 1 if recorded else seed
+
+
+def _record(checkpoints: tuple[str, ...], adapters: tuple[str, ...], episodes: int, spec: Any, eval_every: str,
+            rows_every: str, precision: str, out: str, append: bool) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from mclstudio.data.episodes import EpisodeSpec, parse_shots
-    from mclstudio.precision import check_precision
+    from mclstudio.data.episodes import EpisodeSpec
     from mclstudio.recording.session import default_rows_queries, record_session
     from mclstudio.training.adapters import load_learners
 
-    check_precision(precision, "cpu")  # record runs on the CPU
+    tasks, shots = spec.tasks, spec.train_shots
     loaded = load_learners(checkpoints, adapters)
     vocab = min(c.learner.config.y_vocab for c in loaded)
-    train_shots, per_task = parse_shots(shots, tasks)
-    spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=train_shots, shots=per_task,
-                       test_shots=test_shots, seed=seed, noise_std=noise, num_codes=vocab)
+    spec = EpisodeSpec.from_dict({**spec.to_dict(), "num_codes": vocab})
     spec.validate()
     config = EngineConfig(eval_every=eval_every, rows_queries=default_rows_queries(spec), rows_every=rows_every,
                           precision=precision)
@@ -68,8 +104,9 @@ def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: str, 
             click.echo(f"episode {episode + 1}/{episodes}: {accs}", err=True)
 
     with progress:
-        path = record_session(loaded, spec, episodes, out, config, on_step)
-    click.echo(f"recorded {episodes} episodes of {len(loaded)} learners at {precision} to {path}")
+        path = record_session(loaded, spec, episodes, out, config, on_step, append=append)
+    added = " (appended)" if append else ""
+    click.echo(f"recorded {episodes} episodes of {len(loaded)} learners at {precision} to {path}{added}")
 
 
 @click.command()
@@ -83,11 +120,22 @@ def record(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: str, 
               help="An adapter file to apply on top of the --with checkpoint it was trained on (repeatable).")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Terminal plot of accuracy against tasks learned.")
 @click.option("--tui", is_flag=True, help="Open the recording in the studio app (no models) instead.")
+@force_option
 def replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool, others: tuple[str, ...],
-           adapters: tuple[str, ...], plot: bool, tui: bool) -> None:
+           adapters: tuple[str, ...], plot: bool, tui: bool, force: bool) -> None:
     """Summarise a recording: accuracy, forgetting, state size and step latency per learner."""
+    from mclstudio.files import claim_output
+
     if adapters and not others:
         raise ValueError("--adapter applies to the checkpoints given with --with; give one")
+    claim = claim_output(csv_path, replace=force, inputs=[recording, *others, *adapters],
+                         what="CSV file") if csv_path else nullcontext()
+    with claim:
+        _replay(recording, as_json, csv_path, do_verify, others, adapters, plot, tui)
+
+
+def _replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool, others: tuple[str, ...],
+            adapters: tuple[str, ...], plot: bool, tui: bool) -> None:
     if tui:
         from mclstudio.tui.cli import replay_studio
 
@@ -116,10 +164,10 @@ def replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool,
     if as_json:
         out: dict[str, Any] = {"recording": str(rec.path), "schema_version": rec.schema_version,
                                "precision": rec.engine_config.precision, "episodes": len(rec.episodes), "incomplete_episodes": rec.incomplete,
-                               "learners": _json_safe(rows)}
+                               "learners": rows}
         if report is not None:
             out["verify"] = {"ok": report.ok, "checked": report.checked, "mismatches": report.mismatches}
-        click.echo(json.dumps(out, indent=2))
+        click.echo(strict_json(out, indent=2))
     else:
         _print_table(rec, rows)
         if plot:
@@ -138,17 +186,6 @@ def replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool,
         sys.exit(1)  # a mismatch is a result, not an error: exit 1 (errors exit 2)
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN (e.g. the CI of one episode) -> None, so the output is strict JSON."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _write_csv(path: Path, traces_by_learner: dict[str, list[Any]], episodes: list[int]) -> None:
     """One row per learner, episode and tasks learned: accuracy on the tasks seen (mean of the accuracy
     matrix row), with the episode's final forgetting, final state bytes and median step latency."""
@@ -156,8 +193,7 @@ def _write_csv(path: Path, traces_by_learner: dict[str, list[Any]], episodes: li
 
     from mclstudio.metrics import mean_forgetting, seen_task_accuracy
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_target(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["learner", "episode", "tasks_learned", "accuracy", "episode_forgetting", "final_state_bytes",
                     "median_step_latency_ms"])

@@ -14,7 +14,6 @@ few MB, far below the time to stream an episode.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +24,8 @@ import h5py
 import numpy as np
 
 import mclstudio
+from mclstudio.files import atomic_target
+from mclstudio.formatting import clip
 from mclstudio.data.episodes import Episode, EpisodeSpec
 from mclstudio.engine.stream import EngineConfig, EpisodeTrace
 
@@ -102,31 +103,23 @@ class Recording:
     incomplete: int  # episode groups skipped because they lack complete=True
 
 
-def _atomic_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 class RecordingWriter:
-    """Creates ``path`` (replacing any file there) and appends complete episodes to it, crash-safely."""
+    """Creates ``path`` and appends complete episodes to it, crash-safely. With ``append`` and a recording
+    already at ``path``, adds to it instead; it must have the same schema (learners, their checkpoints'
+    and adapters' sha256, engine settings, episode shape), else RecordingError. The caller decides
+    whether an existing file may be replaced (mclstudio.files.claim_output)."""
 
-    def __init__(self, path: str | Path, learners: list[LearnerIdentity], engine_config: EngineConfig) -> None:
+    def __init__(self, path: str | Path, learners: list[LearnerIdentity], engine_config: EngineConfig,
+                 append: bool = False, spec: EpisodeSpec | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.learners = learners
         self.engine_config = engine_config
         self.episodes = 0
-        tmp = self._tmp()
-        with h5py.File(tmp, "w") as f:
+        if append and self.path.exists():
+            self.episodes = _appendable(self.path, learners, engine_config, spec)
+            return
+        with atomic_target(self.path, fsync=True) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["mclstudio_version"] = mclstudio.__version__
@@ -140,20 +133,46 @@ class RecordingWriter:
             for ident in learners:
                 group.create_group(ident.name).attrs.update(ident.attrs())
             f.create_group("episodes")
-        _atomic_replace(tmp, self.path)
-
-    def _tmp(self) -> Path:
-        return self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
 
     def write_episode(self, episode: Episode, traces: dict[str, EpisodeTrace]) -> None:
         """Append one finished episode (batch of one) and the traces of every learner on it."""
-        tmp = self._tmp()
-        shutil.copyfile(self.path, tmp)
-        with h5py.File(tmp, "a") as f:
-            _write_episode(f["episodes"], self.episodes, episode, traces, self.learners, self.engine_config)
-            f.attrs["episodes_complete"] = self.episodes + 1
-        _atomic_replace(tmp, self.path)
+        with atomic_target(self.path, fsync=True) as tmp:
+            shutil.copyfile(self.path, tmp)
+            with h5py.File(tmp, "a") as f:
+                _write_episode(f["episodes"], self.episodes, episode, traces, self.learners, self.engine_config)
+                f.attrs["episodes_complete"] = int(f.attrs.get("episodes_complete", 0)) + 1
         self.episodes += 1
+
+
+def _appendable(path: Path, learners: list[LearnerIdentity], config: EngineConfig, spec: EpisodeSpec | None) -> int:
+    """The index the next episode appended to ``path`` gets; RecordingError naming the first difference
+    if the recording there has another schema than the one about to be written."""
+    existing = read_recording(path)  # one line for a file that is not a readable recording
+    where = f"cannot append to {path}"
+    names = [ident.name for ident in existing.learners]
+    if names != [ident.name for ident in learners]:
+        raise RecordingError(f"{where}: it holds the learners {', '.join(names)}, not "
+                             f"{', '.join(ident.name for ident in learners)}")
+    for old, new in zip(existing.learners, learners):
+        for label, a, b in (("checkpoint sha256", old.sha256, new.sha256),
+                            ("adapter sha256", old.adapter_sha256, new.adapter_sha256),
+                            ("learner config", old.config, new.config)):
+            if a != b:
+                raise RecordingError(f"{where}: {new.name} has another {label} than the recorded one")
+    for label in ("precision", "eval_every", "rows_every"):
+        if getattr(existing.engine_config, label) != getattr(config, label):
+            raise RecordingError(f"{where}: it was recorded with {label} {getattr(existing.engine_config, label)}, "
+                                 f"not {getattr(config, label)}")
+    if existing.episodes and spec is not None:
+        recorded = existing.episodes[0].spec
+        for label in ("dataset", "split", "tasks", "train_shots", "test_shots", "noise_std"):
+            if getattr(recorded, label) != getattr(spec, label):
+                raise RecordingError(f"{where}: its episodes have {label} {getattr(recorded, label)}, "
+                                     f"not {getattr(spec, label)}")
+    if existing.episodes and tuple(config.rows_queries) != existing.engine_config.rows_queries:
+        raise RecordingError(f"{where}: its association maps are of other queries")
+    with h5py.File(path, "r") as f:
+        return len(f["episodes"])
 
 
 def _write_episode(
@@ -227,7 +246,7 @@ def read_recording(path: str | Path) -> Recording:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RecordingError(f"{path} is truncated or damaged and cannot be read ({first[:120]})") from None
+        raise RecordingError(f"{path} is truncated or damaged and cannot be read ({clip(first, 120)})") from None
 
 
 def _read(f: h5py.File, path: Path) -> Recording:

@@ -47,10 +47,12 @@ def record_session(
     out: str | Path,
     engine_config: EngineConfig | None = None,
     on_step: Callable[[int, list[Snapshot]], None] | None = None,
+    append: bool = False,
 ) -> Path:
     """Stream ``episodes`` episodes (seeds spec.seed, spec.seed + 1, ...) through every checkpoint in
     lock-step and record them to ``out``, one complete episode at a time. on_step(episode, snapshots)
-    is called after every stream example (for progress)."""
+    is called after every stream example (for progress). ``append``: add the episodes to the recording
+    already at ``out`` (same schema) instead of creating it."""
     if not checkpoints:
         raise ValueError("record needs at least one checkpoint")
     if episodes < 1:
@@ -62,7 +64,7 @@ def record_session(
     config = engine_config or EngineConfig(rows_queries=default_rows_queries(spec))
     source = get_source(spec.dataset)
     names = learner_names(checkpoints)
-    writer = RecordingWriter(out, [identity(n, c) for n, c in zip(names, checkpoints)], config)
+    writer = RecordingWriter(out, [identity(n, c) for n, c in zip(names, checkpoints)], config, append, spec)
     learners = list(zip(names, (c.learner for c in checkpoints)))
     for e in range(episodes):
         episode = source.episode(spec.with_seed(spec.seed + e))

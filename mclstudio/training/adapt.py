@@ -19,8 +19,10 @@ import torch
 
 from mclstudio.data import DataError, EpisodeSpec, ImageSource, get_source
 from mclstudio.learners.lora import add_lora, find_targets
-from mclstudio.training.adapters import save_adapter
-from mclstudio.training.checkpoint import load_checkpoint
+from mclstudio.learners.lora import load_lora_tensors
+from mclstudio.training.adapters import load_adapter, save_adapter
+from mclstudio.training.checkpoint import load_checkpoint, read_safely
+from mclstudio.training.interrupt import TrainingInterrupted, stop_requested
 from mclstudio.training.trainer import (
     LogWindow,
     TrainLog,
@@ -61,6 +63,7 @@ class AdaptConfig:
     root: str | None = None
     download: bool = False
     out: str = ""
+    resume: bool = False  # continue from the (interrupted) adapter file at out, optimizer and step included
 
     def validate(self) -> None:
         for name in ("rank", "steps", "batch_size", "log_every", "lr_halve_every"):
@@ -112,10 +115,13 @@ def adapt(cfg: AdaptConfig, on_log: Callable[[TrainLog], None] | None = None) ->
 
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     schedule = warmup_halving_schedule(optimizer, cfg.warmup_steps, cfg.lr_halve_every)
+    out = Path(cfg.out) if cfg.out else default_adapter_path(cfg.checkpoint, cfg.dataset, cfg.rank)
+    start_step = _resume(out, learner, base.sha256, targets, cfg, optimizer, schedule) if cfg.resume else 0
     use_amp = cfg.amp and device.type == "cuda"
     window, last_log = LogWindow(), None
     learner.train()
-    for step in range(cfg.steps):
+    done = start_step
+    for step in range(start_step, cfg.steps):
         specs = [spec.with_seed(episode_seed(cfg.seed, step, 0, 1, i, cfg.batch_size)) for i in range(cfg.batch_size)]
         stats = meta_train_step(
             learner, source.batch(specs), optimizer, schedule, params, cfg.slct_lambda, cfg.grad_clip, use_amp, table, step
@@ -125,15 +131,35 @@ def adapt(cfg: AdaptConfig, on_log: Callable[[TrainLog], None] | None = None) ->
             last_log = window.flush(step + 1, cfg.steps, cfg.batch_size, schedule.get_last_lr()[0])
             if on_log is not None:
                 on_log(last_log)
+        done = step + 1
+        if done < cfg.steps and stop_requested():  # Ctrl-C / SIGTERM: save a resumable file below
+            break
     learner.eval()
 
-    out = Path(cfg.out) if cfg.out else default_adapter_path(cfg.checkpoint, cfg.dataset, cfg.rank)
     final = asdict(last_log) if last_log else {}
     metadata = {
-        "dataset": cfg.dataset, "split": "train", "steps": cfg.steps, "episode_spec": spec.to_dict(),
+        "dataset": cfg.dataset, "split": "train", "steps": done, "episode_spec": spec.to_dict(),
         "adapt_config": asdict(cfg), "trainable_parameters": trainable,
         "base_parameters": base_parameters, "final_metrics": final,
     }
-    save_adapter(out, learner, base, cfg.rank, cfg.alpha, targets, metadata)
+    state = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "step": done}
+    save_adapter(out, learner, base, cfg.rank, cfg.alpha, targets, metadata, state if done < cfg.steps else None)
+    if done < cfg.steps:
+        raise TrainingInterrupted(str(out), done)
     return {**final, "out": str(out), "bytes": out.stat().st_size, "trainable_parameters": trainable,
             "base_parameters": base_parameters, "targets": len(targets)}
+
+
+def _resume(out: Path, learner: torch.nn.Module, base_sha256: str, targets: list[str], cfg: AdaptConfig,
+            optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler) -> int:
+    """Load an interrupted run's adapters, optimizer and schedule from ``out``; the step to continue from."""
+    adapter = load_adapter(out)
+    if adapter.base_sha256 != base_sha256 or adapter.targets != targets or adapter.rank != cfg.rank:
+        raise ValueError(f"cannot resume from {out}: it adapts another base or other targets, or has another rank")
+    state = read_safely(out, "adapter").get("training_state")
+    if not state:
+        raise ValueError(f"cannot resume from {out}: it is a finished adapter (no training state)")
+    load_lora_tensors(learner, adapter.tensors)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["scheduler"])
+    return int(state["step"])

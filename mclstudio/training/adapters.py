@@ -16,7 +16,6 @@ like any other at no extra cost per step.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 
 import mclstudio
+from mclstudio.files import atomic_target
+from mclstudio.formatting import clip
 from mclstudio.learners.base import Learner
 from mclstudio.learners.lora import (
     add_lora,
@@ -32,6 +33,7 @@ from mclstudio.learners.lora import (
     merge_lora,
 )
 from mclstudio.training.checkpoint import (
+    _to_cpu,
     ADAPTER_FORMAT,
     Checkpoint,
     CheckpointError,
@@ -69,8 +71,9 @@ class Adapter:
 
 
 def save_adapter(path: str | Path, learner: Learner, base: Checkpoint, rank: int, alpha: float,
-                 targets: list[str], metadata: dict[str, Any]) -> Path:
-    """Write the adapters carried by ``learner`` (parametrized, not merged) atomically to ``path``."""
+                 targets: list[str], metadata: dict[str, Any], training_state: dict[str, Any] | None = None) -> Path:
+    """Write the adapters carried by ``learner`` (parametrized, not merged) atomically to ``path``.
+    ``training_state`` (optimizer, scheduler, step): what `adapt --resume` needs to continue."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -84,9 +87,10 @@ def save_adapter(path: str | Path, learner: Learner, base: Checkpoint, rank: int
         "tensors": lora_tensors(learner),
         "metadata": {**metadata, "mclstudio_version": mclstudio.__version__},
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    if training_state is not None:
+        payload["training_state"] = _to_cpu(training_state)
+    with atomic_target(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
@@ -128,7 +132,7 @@ def apply_adapter(ckpt: Checkpoint, adapter: Adapter) -> Checkpoint:
         add_lora(learner, adapter.targets, adapter.rank, adapter.alpha)
         load_lora_tensors(learner, {k: v.to(device) for k, v in adapter.tensors.items()})
     except (ValueError, AttributeError) as exc:
-        raise AdapterError(f"{adapter.path} does not fit {ckpt.path}: {str(exc).splitlines()[0][:160]}") from None
+        raise AdapterError(f"{adapter.path} does not fit {ckpt.path}: {clip(str(exc))}") from None
     merge_lora(learner)
     learner.requires_grad_(False)
     ckpt.adapter_path, ckpt.adapter_sha256 = adapter.path, adapter.sha256

@@ -8,7 +8,6 @@ so a crash mid-save never leaves a half-written checkpoint where the last good o
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from typing import Any
 import torch
 
 import mclstudio
+from mclstudio.files import atomic_target
+from mclstudio.formatting import clip
 from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import build_learner, config_from_dict
 
@@ -86,9 +87,8 @@ def save_checkpoint(
     }
     if training_state is not None:
         payload["training_state"] = _to_cpu(training_state)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:  # the temporary file is removed on any failure (a full disk, Ctrl-C)
+        torch.save(payload, tmp)
 
 
 def read_safely(path: str | Path, what: str, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -106,7 +106,7 @@ def read_safely(path: str | Path, what: str, device: str | torch.device = "cpu")
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path} needs arbitrary unpickling, which mclstudio refuses for safety ({first[:120]})"
+            f"{path} needs arbitrary unpickling, which mclstudio refuses for safety ({clip(first, 120)})"
         ) from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch {what} ({type(exc).__name__})") from None
@@ -134,7 +134,7 @@ def load_checkpoint(
         learner.load_state_dict(raw["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} does not match its learner config: {first[:160]}") from None
+        raise CheckpointError(f"{path} does not match its learner config: {clip(first)}") from None
     learner.to(device).eval()
     return Checkpoint(
         learner=learner,

@@ -28,6 +28,7 @@ from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.metrics import episode_accuracy, episode_mse
 from mclstudio.training.anytime import OBJECTIVES, anytime_generator, sample_query_end
 from mclstudio.training.checkpoint import load_checkpoint, save_checkpoint
+from mclstudio.training.interrupt import TrainingInterrupted, stop_requested
 from mclstudio.training.losses import selectivity_kl, task_loss
 from mclstudio.training.pretrain import pretrain_encoder
 
@@ -379,6 +380,7 @@ def train(
     learner.train()
     started = time.perf_counter()
     done = start_step
+    interrupted = False
     for step in range(start_step, cfg.steps):
         step_spec = shapes.apply(base_spec, cfg.seed, step) if sampled_shapes else base_spec
         specs = [
@@ -410,10 +412,15 @@ def train(
             checkpoint(done)
         if cfg.max_minutes > 0 and _out_of_time(started, cfg.max_minutes, world, device):
             break
+        if stop_requested(world, device):  # Ctrl-C / SIGTERM (training.interrupt): save below, then stop
+            interrupted = True
+            break
     window.check_finite(done)
     checkpoint(done)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+    if interrupted:
+        raise TrainingInterrupted(str(out), done)
     return asdict(last_log) if last_log else previous_metrics
 
