@@ -206,7 +206,8 @@ def meta_train_step(
         )
         loss = loss_task + slct_lambda * loss_slct
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if loss.requires_grad:  # else nothing is left to train (ProtoNet on a frozen encoder): the step only reports
+        loss.backward()
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     schedule.step()
