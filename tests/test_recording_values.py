@@ -23,7 +23,7 @@ from mclstudio.engine import EngineConfig, EpisodeTrace, StreamEngine, run_episo
 from mclstudio.recording import LearnerIdentity, RecordingWriter, read_recording, recording_summary, rerun, summarize
 from mclstudio.recording.hdf5 import _write_episode
 from mclstudio.recording.session import default_rows_queries
-from tests.standin_learner import NearestNeighbourLearner, expected_accuracy_matrix
+from standin_learner import NearestNeighbourLearner, expected_accuracy_matrix
 
 SPEC = EpisodeSpec(tasks=4, train_shots=2, test_shots=3, seed=0, num_codes=12)
 MEMORIES = {"nn5": 5, "nn100": 100}  # forgets tasks that left its last 5 pairs / remembers everything
