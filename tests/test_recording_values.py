@@ -109,7 +109,8 @@ def assert_same_trace(read: EpisodeTrace, written: EpisodeTrace) -> None:
             a, b = (np.stack(x) if x and isinstance(x[0], np.ndarray) else np.asarray(x) for x in (a, b))
         a, b = np.asarray(a), np.asarray(b)
         if a.dtype.kind == "f":
-            a, b = a.astype(np.float32 if a.dtype != np.float16 else np.float16), b.astype(a.dtype if a.dtype == np.float16 else np.float32)
+            stored = np.float16 if a.dtype == np.float16 else np.float32
+            a, b = a.astype(stored), b.astype(stored)
         assert a.shape == b.shape and a.dtype.kind == b.dtype.kind, f.name
         np.testing.assert_array_equal(b, a, err_msg=f.name)
 
