@@ -63,7 +63,7 @@ def run(cmd: list[str], procs: int, threads: int, log_file: Path) -> tuple[list[
     proc = subprocess.run(launcher + cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        sys.exit(f"error: training failed ({' '.join(cmd[:6])} ...):\n{proc.stderr[-1500:]}")
+        sys.exit(f"error: training failed ({' '.join(cmd[:6])} ...):\n{proc.stdout}{proc.stderr}")
     return [json.loads(line) for line in log_file.read_text().splitlines()], seconds
 
 

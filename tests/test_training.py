@@ -1,13 +1,9 @@
-"""Losses, checkpoints, the training loop (single process and DDP on CPU) and evaluation."""
+"""Losses, checkpoints, the training loop and evaluation (DDP: tests/test_ddp.py)."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -134,30 +130,3 @@ def test_sine_regression_trains(tmp_path):
     assert final["accuracy"] < 0  # -MSE for regression
     ckpt = load_checkpoint(tmp_path / "mamba.pt")
     assert ckpt.learner.config.is_regression and ckpt.learner.config.x_shape == (50,)
-
-
-def test_ddp_on_cpu_with_two_processes(tmp_path):
-    out = tmp_path / "ddp.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "mclstudio", "train", "--model", "mamba", "--device", "cpu", "--tasks", "2", "--shots", "1",
-           "--test-shots", "1", "--steps", "3", "--batch-size", "2", "--d-model", "16", "--layers", "1",
-           "--encoder-channels", "8", "--y-vocab", "4", "--log-every", "1", "-o", str(out),
-           "--log-file", str(tmp_path / "log.jsonl")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    raw = torch.load(out, weights_only=True)
-    assert raw["metadata"]["world_size"] == 2 and raw["metadata"]["steps"] == 3
-    # rank 0 alone writes the log, one line a step, with the losses averaged over both ranks
-    logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert [log["step"] for log in logs] == [1, 2, 3] and all(math.isfinite(log["loss"]) for log in logs)
-    # ... the same first-step loss as one process with the global batch (the same episodes and weights)
-    single = cmd[cmd.index("mclstudio") - 1 :]  # "-m mclstudio train ..." without the launcher
-    single[single.index("--batch-size") + 1] = "4"
-    single[single.index("--steps") + 1] = "1"
-    single[single.index("-o") + 1] = str(tmp_path / "one.pt")
-    single[single.index("--log-file") + 1] = str(tmp_path / "one.jsonl")
-    proc = subprocess.run([sys.executable, *single], capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    one = json.loads((tmp_path / "one.jsonl").read_text().splitlines()[0])
-    assert one["loss"] == pytest.approx(logs[0]["loss"], rel=1e-6)

@@ -1,0 +1,160 @@
+"""The maths checked against references written here from the papers' equations, in float64 with plain
+loops, independent of the code under test: Mamba's discretised scan (and a whole Mamba mixer, parallel and
+step by step), the last-state function of the CUDA training path, and the selectivity loss over several
+layers and episodes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mclstudio.learners.mamba import MambaConfig, MambaMixer
+from mclstudio.learners.scan import (
+    diagonal_scan,
+    last_state_from_drives,
+    mamba_transition,
+    selective_scan_reference,
+    selective_step,
+)
+from mclstudio.training.losses import selectivity_kl
+
+D64 = torch.float64
+
+
+def softplus(v: float) -> float:
+    return math.log1p(math.exp(v))
+
+
+def silu(v: float) -> float:
+    return v / (1 + math.exp(-v))
+
+
+def paper_scan(u, delta, A, B, C, D, z, delta_bias):
+    """Mamba (Gu & Dao, 2023), zero-order hold as in its code: per channel d and state n,
+    dt_t = softplus(delta_t + bias), h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = C_t . h_t + D u_t,
+    gated by silu(z_t). Scalar loops over plain floats. Shapes as selective_scan's; returns (y, h_L)."""
+    b_, d_, L = u.shape
+    n_ = A.shape[1]
+    y = torch.zeros(b_, d_, L, dtype=D64)
+    last = torch.zeros(b_, d_, n_, dtype=D64)
+    for b in range(b_):
+        for d in range(d_):
+            h = [0.0] * n_
+            for t in range(L):
+                dt = softplus(float(delta[b, d, t]) + float(delta_bias[d]))
+                x = float(u[b, d, t])
+                h = [math.exp(dt * float(A[d, n])) * h[n] + dt * float(B[b, n, t]) * x for n in range(n_)]
+                out = sum(float(C[b, n, t]) * h[n] for n in range(n_)) + float(D[d]) * x
+                y[b, d, t] = out * silu(float(z[b, d, t]))
+            last[b, d] = torch.tensor(h, dtype=D64)
+    return y, last
+
+
+def scan_inputs(b=2, d=3, n=4, L=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u, delta, z = (torch.randn(b, d, L, generator=g, dtype=D64) for _ in range(3))
+    A = -torch.rand(d, n, generator=g, dtype=D64) * 2 - 0.1
+    B, C = torch.randn(b, n, L, generator=g, dtype=D64), torch.randn(b, n, L, generator=g, dtype=D64)
+    D, bias = torch.randn(d, generator=g, dtype=D64), torch.randn(d, generator=g, dtype=D64)
+    return u, delta, A, B, C, D, z, bias
+
+
+def test_selective_scan_is_the_papers_discretisation():
+    args = scan_inputs()
+    y_ref, h_ref = paper_scan(*args)
+    y, h = selective_scan_reference(*args)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-12)
+    # the GPU's chunk-parallel form of the same recurrence
+    u, delta, A, B, C, D, z, bias = args
+    dt = torch.nn.functional.softplus(delta + bias[:, None])
+    y_par, h_par = diagonal_scan(u, z, C, D, lambda t: mamba_transition(dt[:, :, t].transpose(1, 2), A, B[:, :, t].transpose(1, 2)), True)
+    torch.testing.assert_close(y_par, y_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h_par, h_ref, rtol=1e-10, atol=1e-12)
+    # one token at a time (streaming)
+    state = torch.zeros(2, 3, 4, dtype=D64)
+    for t in range(u.shape[2]):
+        yt, state = selective_step(state, u[..., t], dt[..., t], A, B[..., t], C[..., t], D, z[..., t])
+        torch.testing.assert_close(yt, y_ref[..., t], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(state, h_ref, rtol=1e-10, atol=1e-12)
+
+
+@torch.no_grad()
+def test_mamba_mixer_is_the_papers_block():
+    """A whole Mamba-1 block from its parameters: in_proj -> (x, z); causal depthwise conv, silu;
+    x_proj -> (dt_low, B, C); dt = dt_proj(dt_low) (bias inside the softplus); A = -exp(A_log);
+    the scan above; out_proj. Parallel path and token-by-token path."""
+    torch.manual_seed(0)
+    mixer = MambaMixer(MambaConfig(d_model=4, d_state=3, d_conv=3, expand=2, dt_rank=2)).double()
+    # move A and D off their initial values so their roles are visible
+    mixer.A_log.add_(torch.rand_like(mixer.A_log) * 0.5)
+    mixer.D.mul_(torch.linspace(0.5, 1.5, mixer.d_inner, dtype=D64))
+    h = torch.randn(2, 7, 4, dtype=D64)
+    di, K = mixer.d_inner, mixer.d_conv
+    xz = h @ mixer.in_proj.weight.T  # (B, L, 2 d_inner)
+    x, z = xz[..., :di], xz[..., di:]
+    w, cb = mixer.conv1d.weight[:, 0], mixer.conv1d.bias  # (d_inner, K): the last tap is the current input
+    conv = torch.zeros_like(x)
+    for t in range(x.shape[1]):
+        for k in range(K):
+            if t - (K - 1 - k) >= 0:
+                conv[:, t] += w[:, k] * x[:, t - (K - 1 - k)]
+    x = torch.nn.functional.silu(conv + cb)
+    proj = x @ mixer.x_proj.weight.T
+    dt_low, Bm, Cm = proj[..., :2], proj[..., 2:5], proj[..., 5:]
+    dt = dt_low @ mixer.dt_proj.weight.T  # the bias goes inside the softplus, as delta_bias
+    A = -torch.exp(mixer.A_log)
+    y, h_last = paper_scan(x.transpose(1, 2), dt.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2),
+                           mixer.D, z.transpose(1, 2), mixer.dt_proj.bias)
+    out_ref = y.transpose(1, 2) @ mixer.out_proj.weight.T
+    out, _, ssm_state, _ = mixer(h, backend="reference")
+    torch.testing.assert_close(out, out_ref, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(ssm_state, h_last, rtol=1e-9, atol=1e-11)
+    conv_state, state = torch.zeros(2, di, K, dtype=D64), torch.zeros(2, di, 3, dtype=D64)
+    for t in range(h.shape[1]):
+        out_t, conv_state, state = mixer.step(h[:, t], conv_state, state)
+        torch.testing.assert_close(out_t, out_ref[:, t], rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("L", [9, 70])  # 70: more than one of the CPU scan's 64-token chunks
+def test_last_state_from_drives_is_the_scans_last_state_and_its_gradient(L):
+    u, delta, A, B, _, _, _, bias = scan_inputs(L=L, seed=1)
+    leaves = [t.clone().requires_grad_() for t in (u, delta, A, B)]
+    uu, dd, AA, BB = leaves
+    dt = torch.nn.functional.softplus(dd + bias[:, None]).transpose(1, 2)
+    built = last_state_from_drives(mamba_transition(dt, AA, BB.transpose(1, 2)), uu)
+    zero = torch.zeros(u.shape[1], dtype=D64)
+    _, scanned = selective_scan_reference(uu, dd, AA, BB, torch.zeros_like(B), zero, torch.zeros_like(u), bias)
+    torch.testing.assert_close(built, scanned, rtol=1e-10, atol=1e-12)
+    _, h_ref = paper_scan(u, delta, A, B, torch.zeros_like(B), zero, torch.zeros_like(u), bias)
+    torch.testing.assert_close(built, h_ref, rtol=1e-10, atol=1e-12)
+    # the training path needs its gradients: the same as through the loop
+    weights = torch.randn(built.shape, generator=torch.Generator().manual_seed(2), dtype=D64)
+    g_built = torch.autograd.grad((built * weights).sum(), leaves)
+    g_scan = torch.autograd.grad((scanned * weights).sum(), leaves)
+    for a, b in zip(g_built, g_scan):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_selectivity_loss_over_layers_episodes_and_unequal_tasks():
+    """l_slct = mean over layers, episodes and queries of KL(p || q), p uniform over the tokens (x and y)
+    of the query's task. Three layers and two episodes with different rows; tasks of unequal length."""
+    stream_task = torch.tensor([0, 0, 0, 1, 2, 2])  # 12 tokens: task 0 owns 6, task 1 owns 2, task 2 owns 4
+    query_task = torch.tensor([0, 1, 2, 2])
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.softmax(torch.randn(2, 4, 12, generator=g, dtype=D64) * (1 + layer), -1) for layer in range(3)]
+    token_task = [int(stream_task[i // 2]) for i in range(12)]
+    kls = []
+    for q_rows in rows:
+        for b in range(2):
+            for q in range(4):
+                own = [t for t in range(12) if token_task[t] == int(query_task[q])]
+                p = 1 / len(own)
+                kls.append(sum(p * math.log(p / float(q_rows[b, q, t])) for t in own))
+    expected = sum(kls) / len(kls)
+    assert selectivity_kl(rows, stream_task, query_task).item() == pytest.approx(expected, rel=1e-4)  # float32 inside
+    # each layer's own value differs, so a loss that read one layer only would not match
+    per_layer = [selectivity_kl([r], stream_task, query_task).item() for r in rows]
+    assert len({round(v, 6) for v in per_layer}) == 3 and sum(per_layer) / 3 == pytest.approx(expected, rel=1e-4)
