@@ -54,6 +54,38 @@ class FeedFailed(Message):
         self.error = error
 
 
+class RecordingFailed(Message):
+    """Posted by the worker when opening or writing the recording failed; the stream goes on."""
+
+    def __init__(self, path: Path, error: str) -> None:
+        super().__init__()
+        self.path = path
+        self.error = error
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line for a notification (never a traceback)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+
+
+def unwritable_folder(folder: Path) -> str | None:
+    """Why the studio cannot write into ``folder`` (checked before a write), or None when it can."""
+    if not folder.is_dir():
+        return f"folder not found: {folder}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder not writable: {folder}"
+    return None
+
+
+def new_path(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem.suffix``, or ``stem-2.suffix``, ... when that exists: an export never replaces a file."""
+    path, n = folder / f"{stem}{suffix}", 2
+    while path.exists():
+        path, n = folder / f"{stem}-{n}{suffix}", n + 1
+    return path
+
+
 @dataclass
 class Controls:
     """What the UI asks of the worker. Plain attributes set by the UI thread and read by the worker;
@@ -142,10 +174,12 @@ class StudioApp(App):
         self.install_screen(LiveScreen(), "live")
         if self.feed is not None:  # replay: no picker, straight to the live view
             self._start_feed(self.feed)
-        elif self.autostart:
+        elif self.autostart:  # --play: no picker, playing from the first step
             error = self.start_episode(self.spec)
             if error:
-                self.exit(message=error)
+                self.exit(return_code=2, message=f"error: {error}")
+            else:
+                self.action_toggle_play()
         else:
             self.push_screen(PickerScreen(self.spec))
         self.set_interval(1 / REDRAW_HZ, self.redraw)
@@ -249,11 +283,17 @@ class StudioApp(App):
         path = self.controls.recording_to
         if path is None:
             return None
-        if writer is None or writer.path != path:
-            writer = feed.start_recording(path)
-        if frame.episode_done:
-            feed.write_episode(writer)
-            self.recorded_episodes += 1
+        try:
+            if writer is None or writer.path != path:
+                writer = feed.start_recording(path)
+            if frame.episode_done:
+                feed.write_episode(writer)
+                self.recorded_episodes += 1
+        except Exception as exc:  # noqa: BLE001 - a full disk or a lost folder stops the recording, not the stream
+            if self.controls.recording_to == path:
+                self.controls.recording_to = None
+            self.post_message(RecordingFailed(path, one_line(exc)))
+            return None
         return writer
 
     # ---- the UI side ----------------------------------------------------------------------------
@@ -272,6 +312,13 @@ class StudioApp(App):
         self.frame, self.dirty = f, True
         if f.episode_done and not self.controls.playing:
             self.notify(f"episode {f.episode} finished")
+
+    def on_recording_failed(self, message: RecordingFailed) -> None:
+        written = f"{self.recorded_episodes} episodes written to {message.path}" if self.recorded_episodes \
+            else "nothing written"
+        self.record_note = f"[red]recording failed[/] ({written})"
+        self.notify(f"recording stopped: {message.error} ({written})", severity="error", timeout=10)
+        self.update_status()
 
     def on_feed_failed(self, message: FeedFailed) -> None:
         self.notify(message.error, severity="warning" if "end of" in message.error else "error", timeout=8)
@@ -340,6 +387,12 @@ class StudioApp(App):
             pass
 
     # ---- actions --------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """A replay has no models: its footer offers no recording (False hides the key)."""
+        if action == "record" and self.feed is not None and not self.feed.live:
+            return False
+        return True
+
     def action_toggle_play(self) -> None:
         self.controls.playing = not self.controls.playing
         with self.step_lock:  # pending single steps do not outlive a play
@@ -385,9 +438,13 @@ class StudioApp(App):
             self.notify("a replay has no models to record", severity="warning")
             return
         if c.recording_to is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            c.recording_to = self.record_dir / f"studio-{stamp}.h5"
+            problem = unwritable_folder(self.record_dir)
+            if problem:
+                self.notify(f"cannot record: {problem} (--record-dir)", severity="error", timeout=10)
+                return
+            c.recording_to = new_path(self.record_dir, f"studio-{time.strftime('%Y%m%d-%H%M%S')}", ".h5")
             self.recorded_episodes = 0
+            self.record_note = ""
             self.notify(f"recording to {c.recording_to} (each finished episode is written)")
         else:
             path, c.recording_to = c.recording_to, None
@@ -410,9 +467,26 @@ class StudioApp(App):
         if self.feed is not None and len(self.screen_stack) > 1:
             self.pop_screen()
 
-    def action_export_svg(self) -> None:
-        path = self.save_screenshot(path=str(self.record_dir))
+    def _export(self, stem: str, suffix: str, text: str) -> None:
+        """Write an export into --record-dir under a new name; a failure is a notification."""
+        problem = unwritable_folder(self.record_dir)
+        if problem:
+            self.notify(f"cannot export: {problem} (--record-dir)", severity="error", timeout=10)
+            return
+        path, created = new_path(self.record_dir, stem, suffix), False
+        try:
+            with open(path, "x") as f:  # "x": never replaces a file that appeared meanwhile
+                created = True
+                f.write(text)
+        except OSError as exc:
+            if created:  # a half-written export (a full disk) is removed
+                path.unlink(missing_ok=True)
+            self.notify(f"cannot export: {one_line(exc)}", severity="error", timeout=10)
+            return
         self.notify(f"saved {path}")
+
+    def action_export_svg(self) -> None:
+        self._export(f"studio-{time.strftime('%Y%m%d-%H%M%S')}", ".svg", self.export_screenshot())
 
     def action_export_json(self) -> None:
         import json
@@ -432,6 +506,4 @@ class StudioApp(App):
                 } for s in self.frame.snapshots
             },
         }
-        path = self.record_dir / f"studio-episode{self.frame.episode}-step{self.frame.step + 1}.json"
-        path.write_text(json.dumps(out, indent=1))
-        self.notify(f"saved {path}")
+        self._export(f"studio-episode{self.frame.episode}-step{self.frame.step + 1}", ".json", json.dumps(out, indent=1))
