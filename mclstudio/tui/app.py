@@ -31,7 +31,8 @@ from mclstudio.training.adapters import load_learners
 from mclstudio.training.checkpoint import Checkpoint
 from mclstudio.tui.feeds import Frame, LiveFeed, ReplayFeed
 from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
-from mclstudio.tui.widgets import AccuracyPanel, AssociationMap, ExampleView, MatrixHeatmap, NormsPanel, StatsPanel
+from mclstudio.tui.widgets import (AccuracyPanel, AssociationMap, ExampleView, MatrixHeatmap, NormsPanel, StatsPanel,
+                                  association_kind)
 
 # Steps per second at each speed level; None = as fast as the models go.
 SPEEDS: list[float | None] = [0.5, 1, 2, 5, 10, 20, None]
@@ -334,7 +335,7 @@ class StudioApp(App):
         f, live = self.frame, self.get_screen("live")
         self.frame_on_screen = (f.episode, f.step)
         live.query_one(ExampleView).show(f)
-        live.query_one(AccuracyPanel).show(f, self.history)
+        live.query_one(AccuracyPanel).show(f, self.history, compact=live.mode == "compact")
         # The matrix and the association map change only at task ends: redraw them only then.
         snap = next(s for s in f.snapshots if s.learner == self.selected)
         matrix_key = (f.episode, self.selected, int((~np.isnan(snap.accuracy_matrix)).sum()))
@@ -349,19 +350,26 @@ class StudioApp(App):
             self._drawn_map = map_key
         self.update_status()
 
+    def layout_changed(self) -> None:
+        """The live screen changed size or layout: every panel is drawn again at its new size."""
+        self._drawn_matrix, self._drawn_map = (), ()
+        self.dirty = self.frame is not None
+
     def _draw_map(self) -> None:
-        if self.frame is None:
+        if self.frame is None or self.feed is None:
             return
         f = self.frame
-        # Mamba's hidden attention next to the Transformer's attention when both are loaded; else all.
+        # Mamba's hidden attention next to the Transformer's attention when both are loaded; else the first two.
+        models = self.feed.models
         names = [n for n in self.learner_names if n in self.maps]
-        preferred = [n for n in names if any(k in n for k in ("mamba", "transformer")) and "linear" not in n]
+        preferred = [n for n in names if models.get(n) in ("mamba", "transformer")]
         shown = {n: self.maps[n] for n in (preferred or names)[:2]}
+        kinds = {n: association_kind(models.get(n, "")) for n in shown}
         q = self.query_row % max(len(f.rows_query_task), 1)
         qtask = int(f.rows_query_task[q]) if len(f.rows_query_task) else 0
         width = max(self.get_screen("live").query_one(AssociationMap).size.width - 2, 20)
         self.get_screen("live").query_one(AssociationMap).show(q, shown, f.task_starts, qtask,
-                                                             len(f.rows_query_task), width)
+                                                             len(f.rows_query_task), width, kinds)
 
     def mode_line(self) -> str:
         if isinstance(self.feed, ReplayFeed):
@@ -376,8 +384,11 @@ class StudioApp(App):
         state = "playing" if c.playing else "paused"
         rec = f"  [red]● REC {c.recording_to.name}[/] ({self.recorded_episodes} episodes)" if c.recording_to else ""
         note = f"  {self.record_note}" if self.record_note and not c.recording_to else ""
-        text = (f"[b]{state}[/b]  speed {'max' if speed is None else f'{speed:g}'} steps/s  "
-                f"showing {self.selected}{rec}{note}")
+        f = self.frame
+        where = ("  (space plays, n steps)" if f is None
+                 else f"  step {f.step + 1}/{f.num_examples} task {f.task + 1}/{f.tasks}")
+        text = (f"[b]{state}[/b]  speed {'max' if speed is None else f'{speed:g}'} steps/s{rec}{where}  "
+                f"showing {self.selected}{note}")
         try:
             status = self.get_screen("live").query_one("#status", Static)
             if text != self._status_text:  # Static.update repaints; the status rarely changes
