@@ -368,8 +368,9 @@ class StudioApp(App):
         q = self.query_row % max(len(f.rows_query_task), 1)
         qtask = int(f.rows_query_task[q]) if len(f.rows_query_task) else 0
         width = max(self.get_screen("live").query_one(AssociationMap).size.width - 2, 20)
-        self.get_screen("live").query_one(AssociationMap).show(q, shown, f.task_starts, qtask,
-                                                             len(f.rows_query_task), width, kinds)
+        live = self.get_screen("live")
+        live.query_one(AssociationMap).show(q, shown, f.task_starts, qtask, len(f.rows_query_task), width, kinds,
+                                            fill_height=live.mode == "compact")  # type: ignore[attr-defined]
 
     def mode_line(self) -> str:
         if isinstance(self.feed, ReplayFeed):
@@ -377,8 +378,6 @@ class StudioApp(App):
         return f"learners: {', '.join(self.learner_names) or '-'}; episode {self.spec.dataset} {self.spec.split}"
 
     def update_status(self) -> None:
-        if self.screen is not self.get_screen("live"):
-            return
         c = self.controls
         speed = SPEEDS[c.speed]
         state = "playing" if c.playing else "paused"

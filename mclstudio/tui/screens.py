@@ -163,6 +163,7 @@ class LiveScreen(Screen):
         for selector, title in titles.items():
             self.query_one(selector).border_title = title
         self.apply_size(self.app.size.width, self.app.size.height)
+        self.app.update_status()  # type: ignore[attr-defined]
 
     def on_resize(self, event: events.Resize) -> None:
         self.apply_size(event.size.width, event.size.height)

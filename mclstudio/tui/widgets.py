@@ -301,7 +301,7 @@ class StatsPanel(TextLines):
     def show(self, frame: Frame, show_timing: bool = True) -> None:
         text = StyledLines()
         name_width = max(len(s.learner) for s in frame.snapshots)
-        one_line = name_width + 18 <= self.size.width  # name, " 80.0 KiB", "   2.5 ms"
+        one_line = name_width + 19 <= self.size.width  # name, " 132.0 KiB", "  2.5 ms"
         for s in frame.snapshots:
             text.append(f"{s.learner:<{name_width}}" if one_line else f"{s.learner}\n", style="bold")
             text.append(f" {format_bytes(s.state_bytes):>9}")
@@ -353,10 +353,14 @@ class AssociationMap(TextLines):
     a task boundary and '^' the true same-class tokens (the query's task). A legend line ends it."""
 
     def show(self, query: int, maps: dict[str, tuple[np.ndarray, np.ndarray, int]], task_starts: np.ndarray,
-             query_task: int, n_queries: int = 1, width: int = 100, kinds: dict[str, str] | None = None) -> None:
+             query_task: int, n_queries: int = 1, width: int = 100, kinds: dict[str, str] | None = None,
+             fill_height: bool = False) -> None:
+        """fill_height: draw each heat row taller (up to 4 lines) to fill the panel's height."""
         text = StyledLines(f"map {query + 1}/{n_queries}: a query of task {query_task + 1}, last layer\n", style="bold")
         if not maps:
             text.append("(computed at the end of each task; not yet)\n", style="dim")
+        # title and legend, then per map a label, the heat row(s) and the marks
+        heat_lines = min(4, max(1, (self.size.height - 2) // len(maps) - 2)) if fill_height and maps else 1
         for name, (rows, same, step) in maps.items():
             row = np.abs(rows[-1, query])  # (tokens,) last layer
             tokens = row.shape[0]
@@ -368,9 +372,10 @@ class AssociationMap(TextLines):
             bounds = {int(np.searchsorted(edges, 2 * t, side="right") - 1) for t in task_starts[1:] if 2 * t < tokens}
             kind = (kinds or {}).get(name, "attention")
             text.append(f"{name}: {kind} (after step {step + 1})\n")
-            for b in range(bins):
-                text.append("█", style=heat_style(float(weight[b])))
-            text.append("\n")
+            for _ in range(heat_lines):
+                for b in range(bins):
+                    text.append("█", style=heat_style(float(weight[b])))
+                text.append("\n")
             for b in range(bins):
                 text.append("|" if b in bounds else ("^" if match[b] else " "),
                             style="red" if b in bounds else "yellow")
