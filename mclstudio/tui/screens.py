@@ -101,7 +101,8 @@ PANELS = [
     ("accuracy, forgetting", "how many test questions of all tasks seen so far each learner answers right (the "
                              "green curve is that figure over the steps), and its forgetting: how much it lost on "
                              "the earlier tasks since it knew them best, after the last finished task."),
-    ("state memory", "what each learner must keep to go on: a fixed size for Mamba and the linear attentions, "
+    ("state memory", "what each learner must keep to go on: a fixed size for Mamba, Longhorn and the linear "
+                     "attentions (Linear Transformer, Performer), "
                      "a cache growing with every token for the Transformer."),
     ("hidden-state norms", "the size of each layer's memory over the recent steps, one curve per layer."),
     ("accuracy matrix", "row k, column j: accuracy on task j after learning k+1 tasks; dark blue is 0%, "
