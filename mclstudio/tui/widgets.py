@@ -234,11 +234,11 @@ class AccuracyPanel(TextLines):
         name_width = max(len(s.learner) for s in frame.snapshots)
         stats_width = len(" acc 100.0%  forgetting 100.0%")
         two_lines = name_width + stats_width > width  # a long name: the figures go under it, never cut
-        # the lines of each learner: its name and figures, the curve (1 to 10 lines), per-task bars;
+        # the lines of each learner: its name and figures, the curve (1 to 16 lines), per-task bars;
         # on a short panel the per-task bars go first (the accuracy matrix shows them too)
         head = 1 + two_lines
         per_task = not height or height >= n * (head + 2)
-        rows = min(10, max(1, (height - n * (head + per_task)) // n)) if height else 1
+        rows = min(16, max(1, (height - n * (head + per_task)) // n)) if height else 1
         for s in frame.snapshots:
             text.append(f"{s.learner:<{name_width}}" if not two_lines else s.learner + "\n ", style="bold")
             text.append(f" acc {accuracy_text(history[s.learner])}  forgetting {forgetting_text(s)}\n")
