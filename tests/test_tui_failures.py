@@ -117,3 +117,29 @@ def test_a_disk_error_while_recording_stops_the_recording_not_the_stream(tmp_pat
         assert app.return_code == 0
 
     asyncio.run(go())
+
+
+def test_a_model_error_is_a_notification_and_the_status_stops_playing(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    real_frames = LiveFeed.frames
+
+    def failing_frames(self: LiveFeed):
+        for n, frame in enumerate(real_frames(self)):
+            if n == 2:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            yield frame
+
+    monkeypatch.setattr(LiveFeed, "frames", failing_frames)
+
+    async def go() -> None:
+        app = app_for(tmp_path)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await start_live(pilot)
+            await pilot.press("space")
+            await wait_until(pilot, lambda: any(severity == "error" for severity, _ in notes(app)))
+            assert ("error", "RuntimeError: CUDA error: an illegal memory access was encountered") in notes(app)
+            await wait_until(pilot, lambda: status(app).startswith("[b]paused"))
+            await pilot.press("q")
+        assert app.return_code == 0
+
+    asyncio.run(go())

@@ -277,6 +277,7 @@ class StudioApp(App):
                         self.wake.wait(left)
                         self.wake.clear()
         except Exception as exc:  # noqa: BLE001 - shown in the app, never a crash
+            c.playing = False  # the stream stopped: the status line must not say "playing"
             self.post_message(FeedFailed(f"{type(exc).__name__}: {str(exc).strip()[:160]}"))
 
     def _record(self, feed: LiveFeed, frame: Frame, writer: RecordingWriter | None) -> RecordingWriter | None:
