@@ -59,6 +59,7 @@ def test_the_important_labels_are_on_screen(tmp_path: Path, size: tuple[int, int
     assert len(re.findall(r"forgetting +0\.0%", text)) == 5, text  # every learner's, never cut
     assert all(re.search(rf"\b{name}\b", text) for name in NAMES)
     assert "step 3/8 task 2/4" in text  # the status line
+    assert "? help" in text.splitlines()[-1]  # the footer's last key is not cut
     assert "association map" in text and LEGEND in text
     assert "mamba: hidden attention (after step 2)" in text and "transformer: attention (after step 2)" in text
     if size == (80, 24):  # compact: state memory next to the accuracy, no example or matrix
@@ -134,7 +135,7 @@ def test_replay_offers_no_recording(tmp_path: Path) -> None:
             await pilot.press("n")
             await settle(pilot, 1)
             footer = screen_text(app).splitlines()[-1]
-            assert "play/pause" in footer and "record" not in footer
+            assert "space play" in footer and "record" not in footer
             await pilot.press("r")  # a hidden key does nothing
             await pilot.pause()
             assert app.controls.recording_to is None and not list(tmp_path.glob("studio-*"))

@@ -127,7 +127,7 @@ class LiveScreen(Screen):
     size (``layout_mode``): full, compact, or a message when the terminal is too small."""
 
     BINDINGS = [
-        Binding("space", "app.toggle_play", "play/pause"),
+        Binding("space", "app.toggle_play", "play"),  # short: the footer fits in 80 columns
         Binding("right,n", "app.step", "step"),
         Binding("plus,+", "app.faster", "faster"),
         Binding("minus,-", "app.slower", "slower"),
