@@ -5,6 +5,7 @@ forgetting figure shared with `mclstudio replay`."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -165,6 +166,8 @@ def test_studio_and_replay_report_the_same_forgetting_continuously(tmp_path: Pat
                 await settle(pilot, step)
                 panel = str(app.get_screen("live").query_one(AccuracyPanel).content)
                 seen.append(re.search(r"forgetting (\S+)", panel).group(1))  # type: ignore[union-attr]
+            if enter:  # the live studio's JSON export holds the same figure
+                app.action_export_json()
         return seen
 
     live = asyncio.run(shown_forgetting(
@@ -172,3 +175,5 @@ def test_studio_and_replay_report_the_same_forgetting_continuously(tmp_path: Pat
     replayed = asyncio.run(shown_forgetting(build_replay_app(path, show_timing=False), False))
     # steps 1..8; tasks end at steps 2, 4, 6 and 8
     assert live == replayed == ["-", "0.0%", "0.0%", "0.0%", "0.0%", "0.0%", "0.0%", "13.3%"]
+    exported = json.loads((tmp_path / "studio-episode0-step8.json").read_text())
+    assert exported["learners"]["mamba"]["mean_forgetting"] == pytest.approx(replay_figure)

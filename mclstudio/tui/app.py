@@ -512,6 +512,7 @@ class StudioApp(App):
                     "running_accuracy": [None if np.isnan(v) else v for v in self.history[s.learner]],
                     "accuracy_matrix": np.where(np.isnan(s.accuracy_matrix), None, s.accuracy_matrix).tolist(),
                     "forgetting": None if s.forgetting is None else s.forgetting.tolist(),
+                    "mean_forgetting": s.mean_forgetting,  # what the panel shows (metrics.mean_forgetting)
                     "state_bytes": s.state_bytes,
                     "layer_norms": np.stack(self.norms[s.learner]).tolist(),
                 } for s in self.frame.snapshots
