@@ -1,7 +1,9 @@
 """Studio frame rate: how often the screen shows new model data while streaming the shipped models.
 Prints JSON (and writes it with --out).
 
-    python benchmarks/tui_fps.py --out benchmarks/results/tui_fps_cpu.json
+    python benchmarks/tui_fps.py --both --out benchmarks/results/tui_fps_cpu.json   # headless and in tmux
+    python benchmarks/tui_fps.py --tmux                                              # a real terminal only
+    python benchmarks/tui_fps.py --device cuda                                       # the models on a GPU
 
 Each setting (all the given checkpoints, then the first alone) runs --repeats times, interleaved; the
 summary holds the medians.
@@ -26,6 +28,20 @@ Counted where the screen is written (``App._display``, one call per screen updat
   other_processes_cores: CPU used by the studio and by everything else on the machine during the run,
   in cores (the machine has "cpus"); figures are only comparable when the other processes' share is
   near 0.
+
+With --tmux the app runs for real (``mclstudio open ... --play``, then ``+ +`` to maximum speed) in a
+private tmux server, as a user would see it: Textual writes escape codes to a pseudo-terminal and tmux
+parses them into its screen, so the terminal's own rendering is included. The benchmark polls that screen
+(``tmux capture-pane -p``) as fast as it can and reads the step counter of the status line ("step S/N")
+and the episode ("episode E") of the example panel. Per second:
+
+- terminal_new_frames_per_s: distinct (episode, step) values seen on the tmux screen. A lower bound of
+  the frames the terminal showed: two frames between two polls count as one (captures_per_s says how
+  often it looked; each capture is a subprocess, whose CPU is counted in poller_cores);
+- terminal_model_steps_per_s: how far the step counter advanced (episode * N + step), i.e. model steps
+  the app made while its screen was a real terminal;
+- app_cores, tmux_cores, poller_cores, other_processes_cores: CPU of the app, of the tmux server, of this
+  benchmark and its capture-pane calls, and of everything else on the machine.
 """
 
 from __future__ import annotations
@@ -35,7 +51,11 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,8 +83,100 @@ def cpu_seconds() -> tuple[float, float]:
         return 0.0, 0.0
 
 
-async def measure(checkpoints: list[str], seconds: float) -> dict:
-    app = build_open_app(checkpoints, device="auto", record_dir="/tmp")
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far; 0 when it cannot be read."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished children (the capture-pane calls)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+POLL_S = 0.01  # between captures: about 60 a second, at about a tenth of a core (2 cores here, shared)
+STEP = re.compile(r"step (\d+)/(\d+) task")
+EPISODE = re.compile(r"episode (\d+)")
+
+
+def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tuple[int, int] = (160, 50)) -> dict:
+    """The app in a private tmux server at ``size``, playing at maximum speed; the screen polled with
+    capture-pane. See the module docstring for what is counted."""
+    if shutil.which("tmux") is None:
+        raise SystemExit("error: --tmux needs tmux (apt-get install tmux)")
+    sock = f"mclstudio-fps-{os.getpid()}-{time.monotonic_ns()}"  # a private server per run: never the user's
+    tmux = ["tmux", "-L", sock]
+    command = " ".join([sys.executable, "-m", "mclstudio", "open", *checkpoints, "--play", "--device", device,
+                        "--record-dir", "/tmp"])
+    env = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
+    subprocess.run([*tmux, "-f", "/dev/null", "new-session", "-d", "-s", "fps", "-x", str(size[0]), "-y",
+                    str(size[1]), f"cd {ROOT} && {command}"], check=True, env=env)
+
+    def screen() -> str:
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", "fps"], capture_output=True, text=True).stdout
+
+    def counter(text: str) -> tuple[int, int] | None:
+        step, episode = STEP.search(text), EPISODE.search(text)
+        if step is None or episode is None:
+            return None
+        return int(episode.group(1)), int(step.group(1)) + int(episode.group(1)) * int(step.group(2))
+
+    try:
+        app_pid = int(subprocess.run([*tmux, "list-panes", "-t", "fps", "-F", "#{pane_pid}"], capture_output=True,
+                                     text=True, check=True).stdout.split()[0])
+        server_pid = int(subprocess.run([*tmux, "display-message", "-p", "#{pid}"], capture_output=True, text=True,
+                                        check=True).stdout.strip())
+        end = time.monotonic() + 120
+        while counter(screen()) is None:  # the app is up and streaming
+            if time.monotonic() > end:
+                raise SystemExit(f"error: the app never showed a step; its screen:\n{screen()}")
+            time.sleep(0.2)
+        for _ in range(2):
+            subprocess.run([*tmux, "send-keys", "-t", "fps", "+"], check=True)  # --play starts at 10/s: to max
+            time.sleep(0.2)
+        time.sleep(2.0)  # warm-up at the new speed
+        if "speed max" not in screen():
+            raise SystemExit(f"error: the app did not reach maximum speed; its screen:\n{screen()}")
+        seen: set[tuple[int, int]] = set()
+        t0, busy0, own0 = time.perf_counter(), *cpu_seconds()
+        kids0, app0, server0 = children_cpu_seconds(), process_cpu_seconds(app_pid), process_cpu_seconds(server_pid)
+        first = last = counter(screen())
+        captures = 0
+        while time.perf_counter() - t0 < seconds:
+            now = counter(screen())
+            captures += 1
+            if now is not None:
+                seen.add(now)
+                last = now
+            time.sleep(POLL_S)
+        dt = time.perf_counter() - t0
+        busy1, own1 = cpu_seconds()
+        kids = children_cpu_seconds() - kids0
+        app_s, server_s = process_cpu_seconds(app_pid) - app0, process_cpu_seconds(server_pid) - server0
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    poller = (own1 - own0) + kids
+    assert first is not None and last is not None
+    return {
+        "checkpoints": [Path(c).name for c in checkpoints],
+        "terminal": f"tmux {size[0]}x{size[1]}",
+        "seconds": round(dt, 2),
+        "terminal_new_frames_per_s": round(len(seen) / dt, 1),
+        "terminal_model_steps_per_s": round((last[1] - first[1]) / dt, 1),
+        "captures_per_s": round(captures / dt, 1),
+        "app_cores": round(app_s / dt, 2),
+        "tmux_cores": round(server_s / dt, 2),
+        "poller_cores": round(poller / dt, 2),
+        "other_processes_cores": round(max(0.0, (busy1 - busy0) - app_s - server_s - poller) / dt, 2),
+    }
+
+
+async def measure(checkpoints: list[str], seconds: float, device: str = "auto") -> dict:
+    app = build_open_app(checkpoints, device=device, record_dir="/tmp")
     stamps: list[float] = []
     shown: list[tuple | None] = []  # per screen update of the live view: the frame it showed
     redraw, display = app.redraw, app._display
@@ -118,6 +230,8 @@ async def measure(checkpoints: list[str], seconds: float) -> dict:
 
 SUMMARISED = ("new_data_screen_updates_per_s", "model_steps_per_s", "redraw_ticks_per_s", "ui_thread_cores",
               "other_processes_cores")
+SUMMARISED_TMUX = ("terminal_new_frames_per_s", "terminal_model_steps_per_s", "captures_per_s", "app_cores",
+                   "tmux_cores", "poller_cores", "other_processes_cores")
 
 
 def main() -> None:
@@ -126,21 +240,35 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each setting (the summary is their median)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--device", default="auto", help="where the models run: auto, cpu or cuda[:N]")
+    parser.add_argument("--tmux", action="store_true", help="run the app in a real terminal (tmux) instead of headless")
+    parser.add_argument("--both", action="store_true",
+                        help="headless and tmux runs interleaved, so that both see the same load on the machine")
     args = parser.parse_args()
     settings = [args.checkpoints] + ([args.checkpoints[:1]] if len(args.checkpoints) > 1 else [])  # + Mamba alone
+    modes = ["headless", "tmux"] if args.both else ["tmux"] if args.tmux else ["headless"]
     runs, summary = [], []
-    for _ in range(args.repeats):  # settings interleaved, so a change in the machine's load hits both alike
-        runs += [asyncio.run(measure(checkpoints, args.seconds)) for checkpoints in settings]
-    for checkpoints in settings:
-        names = [Path(c).name for c in checkpoints]
-        mine = [r for r in runs if r["checkpoints"] == names]
-        summary.append({"checkpoints": names, "runs": len(mine),
-                        **{f"median_{key}": statistics.median(r[key] for r in mine) for key in SUMMARISED}})
+    for _ in range(args.repeats):  # settings interleaved, so a change in the machine's load hits all alike
+        for mode in modes:
+            for checkpoints in settings:
+                result = (measure_tmux(checkpoints, args.seconds, args.device) if mode == "tmux"
+                          else asyncio.run(measure(checkpoints, args.seconds, args.device)))
+                runs.append({"mode": mode, **result})
+    for mode in modes:
+        for checkpoints in settings:
+            names = [Path(c).name for c in checkpoints]
+            mine = [r for r in runs if r["checkpoints"] == names and r["mode"] == mode]
+            summary.append({"mode": mode, "checkpoints": names, "runs": len(mine),
+                            **{f"median_{key}": statistics.median(r[key] for r in mine)
+                               for key in (SUMMARISED_TMUX if mode == "tmux" else SUMMARISED)}})
+    from mclstudio.training.trainer import resolve_device
+
     out = {
         "benchmark": "tui_fps",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "device": "cuda" if torch.cuda.is_available() else "cpu"},
+                    "device": str(resolve_device(args.device)),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "summary": summary,
         "runs": runs,
     }

@@ -131,8 +131,10 @@ def test_association_map_with_mamba_and_transformer(tmp_path: Path) -> None:
             await pilot.press("n", "n")  # task 1 ends after 2 steps: rows are computed then
             await settle(pilot, 2)
             text = str(app.screen.query_one("#assoc").content)
-            assert "mamba (after step 2)" in text and "transformer (after step 2)" in text
-            assert "^" in text  # the query's same-class tokens are marked
+            assert "mamba: hidden attention (after step 2)" in text
+            assert "transformer: attention (after step 2)" in text
+            assert "\n^^^^\n" in text  # the query's same-class tokens (task 1: steps 1 and 2) are marked
+            assert text.endswith("weight low ████████ high   ^ same class as the query   | task boundary")
             await pilot.press("tab")
             assert app.selected == "transformer"
 

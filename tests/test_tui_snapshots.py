@@ -30,14 +30,21 @@ def test_picker_screen(snap_compare, tmp_path: Path) -> None:
     assert snap_compare(app(tmp_path), terminal_size=SIZE)
 
 
-def test_live_screen_after_five_steps(snap_compare, tmp_path: Path) -> None:
-    async def five_steps(pilot) -> None:
-        await start_live(pilot)
-        for _ in range(5):
-            await pilot.press("n")
-        await settle(pilot, 5)
+async def five_steps(pilot) -> None:
+    await start_live(pilot)
+    for _ in range(5):
+        await pilot.press("n")
+    await settle(pilot, 5)
 
-    assert snap_compare(app(tmp_path), terminal_size=SIZE, run_before=five_steps)
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (200, 50)], ids=["80x24", "120x40", "200x50"])
+def test_live_screen_after_five_steps(snap_compare, tmp_path: Path, size: tuple[int, int]) -> None:
+    # 80x24 is the compact view (accuracy, forgetting, state memory, association map)
+    assert snap_compare(app(tmp_path), terminal_size=size, run_before=five_steps)
+
+
+def test_too_small_message(snap_compare, tmp_path: Path) -> None:
+    assert snap_compare(app(tmp_path), terminal_size=(70, 20), run_before=five_steps)
 
 
 def test_help_screen(snap_compare, tmp_path: Path) -> None:
@@ -46,4 +53,4 @@ def test_help_screen(snap_compare, tmp_path: Path) -> None:
         await pilot.press("question_mark")
         await pilot.pause()
 
-    assert snap_compare(app(tmp_path), terminal_size=SIZE, run_before=help_screen)
+    assert snap_compare(app(tmp_path), terminal_size=(120, 40), run_before=help_screen)

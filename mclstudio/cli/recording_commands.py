@@ -221,8 +221,12 @@ def _print_table(rec: Any, rows: list[dict[str, Any]]) -> None:
     Console(width=max(100, Console().width)).print(table)
 
 
+PLOT_MARKERS = "●▲■◆✚x*o"  # one per learner, so that the lines and the legend read without colours too
+
+
 def _plot(rows: list[dict[str, Any]]) -> str:
-    """Accuracy on the tasks seen against tasks learned, one line per learner, as terminal text."""
+    """Accuracy on the tasks seen against tasks learned, one line per learner, as terminal text, with a
+    legend (marker and colour per learner) in the plot and a line under it."""
     import plotext as plt
 
     fig = plt.figure
@@ -234,13 +238,17 @@ def _plot(rows: list[dict[str, Any]]) -> str:
     longest = max((len(r["accuracy_by_tasks_learned"]) for r in rows), default=0)
     if longest:
         fig.ruler(axis=0).ticks(list(range(1, longest + 1, max(1, longest // 10))))
-    for r in rows:
+    legend = []
+    for n, r in enumerate(rows):
         curve = r["accuracy_by_tasks_learned"]
         points = [(k + 1, v) for k, v in enumerate(curve) if v is not None]
         if not points:
             continue
-        s = fig.signal([p[0] for p in points], [p[1] for p in points])
+        marker = PLOT_MARKERS[n % len(PLOT_MARKERS)]
+        s = fig.signal([p[0] for p in points], [p[1] for p in points], marker=marker)
         s.label(r["learner"])
         s.lines()
         fig.draw(s)
-    return fig.build().string(colorless=not sys.stdout.isatty())
+        legend.append(f"{marker} {r['learner']}")
+    plot = fig.build().string(colorless=not sys.stdout.isatty())
+    return f"{plot}\nlegend: {'   '.join(legend)}" if legend else plot

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from mclstudio.data.episodes import Episode
 from mclstudio.learners.base import Learner, State
-from mclstudio.metrics import forgetting, per_task_accuracy
+from mclstudio.metrics import forgetting, mean_forgetting, per_task_accuracy
 from mclstudio.precision import autocast, check_precision
 
 EVAL_MODES = ("step", "task", "none")
@@ -69,7 +69,8 @@ class Snapshot:
     accuracy: accuracy on the queries of tasks 0..task, or None when not evaluated at this step.
     query_index: (Q_seen,) indices of those queries; predictions: (Q_seen,) their predicted codes.
     accuracy_matrix: (T, T) A[k, j] = accuracy on task j after learning k + 1 tasks, NaN where unfilled.
-    forgetting: (k + 1,) per task after the last filled row k, or None before the first task ends.
+    forgetting: (k + 1,) per task after the last filled row k (kept during the next task), or None before
+    the first task ends; ``mean_forgetting`` is the one figure every app shows.
     rows: (n_layers, R, tokens) association rows of the chosen queries over the tokens read so far;
     same_class: (R, tokens) 1 where a token (x or y) belongs to the query's task. None unless computed.
     """
@@ -89,6 +90,13 @@ class Snapshot:
     forgetting: np.ndarray | None = None
     rows: np.ndarray | None = None
     same_class: np.ndarray | None = None
+
+    @property
+    def mean_forgetting(self) -> float | None:
+        """``metrics.mean_forgetting`` after the last finished task (the mean over every task but the
+        newest, as ``mclstudio replay`` reports it); None before the first task ends."""
+        filled = int(np.isfinite(self.accuracy_matrix).any(axis=1).sum())
+        return mean_forgetting(self.accuracy_matrix[:filled, :filled]) if filled else None
 
 
 def same_class_pattern(stream_task: Tensor, query_task: Tensor) -> np.ndarray:
@@ -197,11 +205,13 @@ class StreamEngine:
             correct = pred == ep.query_y[0, seen]
             if task_end:
                 matrix[task, : task + 1] = per_task_accuracy(correct, ep.query_task[seen], task + 1).cpu().numpy()
-                snap.forgetting = forgetting(matrix[: task + 1, : task + 1])
             snap.accuracy = float(correct.float().mean())
             snap.query_index = seen.cpu().numpy()
             snap.predictions = pred.cpu().numpy()
         snap.accuracy_matrix = matrix.copy()
+        done = task + 1 if task_end else task  # rows filled: tasks finished so far
+        if done and not np.isnan(matrix[done - 1, 0]):
+            snap.forgetting = forgetting(matrix[:done, :done])
         if len(cfg.rows_queries) and (cfg.rows_every == "step" or task_end):
             snap.rows, snap.same_class = self.rows(k, i + 1)
         return snap

@@ -31,7 +31,8 @@ from mclstudio.training.adapters import load_learners
 from mclstudio.training.checkpoint import Checkpoint
 from mclstudio.tui.feeds import Frame, LiveFeed, ReplayFeed
 from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
-from mclstudio.tui.widgets import AccuracyPanel, AssociationMap, ExampleView, MatrixHeatmap, NormsPanel, StatsPanel
+from mclstudio.tui.widgets import (AccuracyPanel, AssociationMap, ExampleView, MatrixHeatmap, NormsPanel, StatsPanel,
+                                  association_kind)
 
 # Steps per second at each speed level; None = as fast as the models go.
 SPEEDS: list[float | None] = [0.5, 1, 2, 5, 10, 20, None]
@@ -52,6 +53,38 @@ class FeedFailed(Message):
     def __init__(self, error: str) -> None:
         super().__init__()
         self.error = error
+
+
+class RecordingFailed(Message):
+    """Posted by the worker when opening or writing the recording failed; the stream goes on."""
+
+    def __init__(self, path: Path, error: str) -> None:
+        super().__init__()
+        self.path = path
+        self.error = error
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line for a notification (never a traceback)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+
+
+def unwritable_folder(folder: Path) -> str | None:
+    """Why the studio cannot write into ``folder`` (checked before a write), or None when it can."""
+    if not folder.is_dir():
+        return f"folder not found: {folder}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder not writable: {folder}"
+    return None
+
+
+def new_path(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem.suffix``, or ``stem-2.suffix``, ... when that exists: an export never replaces a file."""
+    path, n = folder / f"{stem}{suffix}", 2
+    while path.exists():
+        path, n = folder / f"{stem}-{n}{suffix}", n + 1
+    return path
 
 
 @dataclass
@@ -142,10 +175,12 @@ class StudioApp(App):
         self.install_screen(LiveScreen(), "live")
         if self.feed is not None:  # replay: no picker, straight to the live view
             self._start_feed(self.feed)
-        elif self.autostart:
+        elif self.autostart:  # --play: no picker, playing from the first step
             error = self.start_episode(self.spec)
             if error:
-                self.exit(message=error)
+                self.exit(return_code=2, message=f"error: {error}")
+            else:
+                self.action_toggle_play()
         else:
             self.push_screen(PickerScreen(self.spec))
         self.set_interval(1 / REDRAW_HZ, self.redraw)
@@ -242,6 +277,7 @@ class StudioApp(App):
                         self.wake.wait(left)
                         self.wake.clear()
         except Exception as exc:  # noqa: BLE001 - shown in the app, never a crash
+            c.playing = False  # the stream stopped: the status line must not say "playing"
             self.post_message(FeedFailed(f"{type(exc).__name__}: {str(exc).strip()[:160]}"))
 
     def _record(self, feed: LiveFeed, frame: Frame, writer: RecordingWriter | None) -> RecordingWriter | None:
@@ -249,11 +285,17 @@ class StudioApp(App):
         path = self.controls.recording_to
         if path is None:
             return None
-        if writer is None or writer.path != path:
-            writer = feed.start_recording(path)
-        if frame.episode_done:
-            feed.write_episode(writer)
-            self.recorded_episodes += 1
+        try:
+            if writer is None or writer.path != path:
+                writer = feed.start_recording(path)
+            if frame.episode_done:
+                feed.write_episode(writer)
+                self.recorded_episodes += 1
+        except Exception as exc:  # noqa: BLE001 - a full disk or a lost folder stops the recording, not the stream
+            if self.controls.recording_to == path:
+                self.controls.recording_to = None
+            self.post_message(RecordingFailed(path, one_line(exc)))
+            return None
         return writer
 
     # ---- the UI side ----------------------------------------------------------------------------
@@ -273,6 +315,13 @@ class StudioApp(App):
         if f.episode_done and not self.controls.playing:
             self.notify(f"episode {f.episode} finished")
 
+    def on_recording_failed(self, message: RecordingFailed) -> None:
+        written = f"{self.recorded_episodes} episodes written to {message.path}" if self.recorded_episodes \
+            else "nothing written"
+        self.record_note = f"[red]recording failed[/] ({written})"
+        self.notify(f"recording stopped: {message.error} ({written})", severity="error", timeout=10)
+        self.update_status()
+
     def on_feed_failed(self, message: FeedFailed) -> None:
         self.notify(message.error, severity="warning" if "end of" in message.error else "error", timeout=8)
         self.update_status()
@@ -287,7 +336,7 @@ class StudioApp(App):
         f, live = self.frame, self.get_screen("live")
         self.frame_on_screen = (f.episode, f.step)
         live.query_one(ExampleView).show(f)
-        live.query_one(AccuracyPanel).show(f, self.history)
+        live.query_one(AccuracyPanel).show(f, self.history, compact=live.mode == "compact")
         # The matrix and the association map change only at task ends: redraw them only then.
         snap = next(s for s in f.snapshots if s.learner == self.selected)
         matrix_key = (f.episode, self.selected, int((~np.isnan(snap.accuracy_matrix)).sum()))
@@ -302,19 +351,27 @@ class StudioApp(App):
             self._drawn_map = map_key
         self.update_status()
 
+    def layout_changed(self) -> None:
+        """The live screen changed size or layout: every panel is drawn again at its new size."""
+        self._drawn_matrix, self._drawn_map = (), ()
+        self.dirty = self.frame is not None
+
     def _draw_map(self) -> None:
-        if self.frame is None:
+        if self.frame is None or self.feed is None:
             return
         f = self.frame
-        # Mamba's hidden attention next to the Transformer's attention when both are loaded; else all.
+        # Mamba's hidden attention next to the Transformer's attention when both are loaded; else the first two.
+        models = self.feed.models
         names = [n for n in self.learner_names if n in self.maps]
-        preferred = [n for n in names if any(k in n for k in ("mamba", "transformer")) and "linear" not in n]
+        preferred = [n for n in names if models.get(n) in ("mamba", "transformer")]
         shown = {n: self.maps[n] for n in (preferred or names)[:2]}
+        kinds = {n: association_kind(models.get(n, "")) for n in shown}
         q = self.query_row % max(len(f.rows_query_task), 1)
         qtask = int(f.rows_query_task[q]) if len(f.rows_query_task) else 0
         width = max(self.get_screen("live").query_one(AssociationMap).size.width - 2, 20)
-        self.get_screen("live").query_one(AssociationMap).show(q, shown, f.task_starts, qtask,
-                                                             len(f.rows_query_task), width)
+        live = self.get_screen("live")
+        live.query_one(AssociationMap).show(q, shown, f.task_starts, qtask, len(f.rows_query_task), width, kinds,
+                                            fill_height=live.mode == "compact")  # type: ignore[attr-defined]
 
     def mode_line(self) -> str:
         if isinstance(self.feed, ReplayFeed):
@@ -322,15 +379,16 @@ class StudioApp(App):
         return f"learners: {', '.join(self.learner_names) or '-'}; episode {self.spec.dataset} {self.spec.split}"
 
     def update_status(self) -> None:
-        if self.screen is not self.get_screen("live"):
-            return
         c = self.controls
         speed = SPEEDS[c.speed]
         state = "playing" if c.playing else "paused"
         rec = f"  [red]● REC {c.recording_to.name}[/] ({self.recorded_episodes} episodes)" if c.recording_to else ""
         note = f"  {self.record_note}" if self.record_note and not c.recording_to else ""
-        text = (f"[b]{state}[/b]  speed {'max' if speed is None else f'{speed:g}'} steps/s  "
-                f"showing {self.selected}{rec}{note}")
+        f = self.frame
+        where = ("  (space plays, n steps)" if f is None
+                 else f"  step {f.step + 1}/{f.num_examples} task {f.task + 1}/{f.tasks}")
+        text = (f"[b]{state}[/b]  speed {'max' if speed is None else f'{speed:g}'} steps/s{rec}{where}  "
+                f"showing {self.selected}{note}")
         try:
             status = self.get_screen("live").query_one("#status", Static)
             if text != self._status_text:  # Static.update repaints; the status rarely changes
@@ -340,6 +398,12 @@ class StudioApp(App):
             pass
 
     # ---- actions --------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """A replay has no models: its footer offers no recording (False hides the key)."""
+        if action == "record" and self.feed is not None and not self.feed.live:
+            return False
+        return True
+
     def action_toggle_play(self) -> None:
         self.controls.playing = not self.controls.playing
         with self.step_lock:  # pending single steps do not outlive a play
@@ -385,9 +449,13 @@ class StudioApp(App):
             self.notify("a replay has no models to record", severity="warning")
             return
         if c.recording_to is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            c.recording_to = self.record_dir / f"studio-{stamp}.h5"
+            problem = unwritable_folder(self.record_dir)
+            if problem:
+                self.notify(f"cannot record: {problem} (--record-dir)", severity="error", timeout=10)
+                return
+            c.recording_to = new_path(self.record_dir, f"studio-{time.strftime('%Y%m%d-%H%M%S')}", ".h5")
             self.recorded_episodes = 0
+            self.record_note = ""
             self.notify(f"recording to {c.recording_to} (each finished episode is written)")
         else:
             path, c.recording_to = c.recording_to, None
@@ -410,9 +478,26 @@ class StudioApp(App):
         if self.feed is not None and len(self.screen_stack) > 1:
             self.pop_screen()
 
-    def action_export_svg(self) -> None:
-        path = self.save_screenshot(path=str(self.record_dir))
+    def _export(self, stem: str, suffix: str, text: str) -> None:
+        """Write an export into --record-dir under a new name; a failure is a notification."""
+        problem = unwritable_folder(self.record_dir)
+        if problem:
+            self.notify(f"cannot export: {problem} (--record-dir)", severity="error", timeout=10)
+            return
+        path, created = new_path(self.record_dir, stem, suffix), False
+        try:
+            with open(path, "x") as f:  # "x": never replaces a file that appeared meanwhile
+                created = True
+                f.write(text)
+        except OSError as exc:
+            if created:  # a half-written export (a full disk) is removed
+                path.unlink(missing_ok=True)
+            self.notify(f"cannot export: {one_line(exc)}", severity="error", timeout=10)
+            return
         self.notify(f"saved {path}")
+
+    def action_export_svg(self) -> None:
+        self._export(f"studio-{time.strftime('%Y%m%d-%H%M%S')}", ".svg", self.export_screenshot())
 
     def action_export_json(self) -> None:
         import json
@@ -427,11 +512,10 @@ class StudioApp(App):
                     "running_accuracy": [None if np.isnan(v) else v for v in self.history[s.learner]],
                     "accuracy_matrix": np.where(np.isnan(s.accuracy_matrix), None, s.accuracy_matrix).tolist(),
                     "forgetting": None if s.forgetting is None else s.forgetting.tolist(),
+                    "mean_forgetting": s.mean_forgetting,  # what the panel shows (metrics.mean_forgetting)
                     "state_bytes": s.state_bytes,
                     "layer_norms": np.stack(self.norms[s.learner]).tolist(),
                 } for s in self.frame.snapshots
             },
         }
-        path = self.record_dir / f"studio-episode{self.frame.episode}-step{self.frame.step + 1}.json"
-        path.write_text(json.dumps(out, indent=1))
-        self.notify(f"saved {path}")
+        self._export(f"studio-episode{self.frame.episode}-step{self.frame.step + 1}", ".json", json.dumps(out, indent=1))

@@ -38,9 +38,17 @@ def build_replay_app(recording: str | Path, show_timing: bool = True) -> StudioA
     return StudioApp(replay=ReplayFeed(read_recording(recording)), show_timing=show_timing)
 
 
+def run_studio(app: StudioApp) -> None:
+    """Run the app; exit non-zero only when it really failed (Textual's return code: 1 after an
+    unexpected error, which Textual has already printed; 2 when --play could not start)."""
+    app.run()
+    if app.return_code:
+        raise SystemExit(app.return_code)
+
+
 def open_studio(checkpoints: tuple[str, ...] | list[str], **kw: object) -> None:
-    build_open_app(checkpoints, **kw).run()  # type: ignore[arg-type]
+    run_studio(build_open_app(checkpoints, **kw))  # type: ignore[arg-type]
 
 
 def replay_studio(recording: str | Path) -> None:
-    build_replay_app(recording).run()
+    run_studio(build_replay_app(recording))

@@ -70,6 +70,7 @@ class LiveFeed:
         self.checkpoints = checkpoints
         self.spec = spec
         self.names = learner_names(checkpoints)
+        self.models = {n: c.learner.config.model for n, c in zip(self.names, checkpoints)}  # name -> "mamba", ...
         self.config = EngineConfig(rows_queries=default_rows_queries(spec), precision=precision)
         self.source = get_source(spec.dataset)
         self.source.check(spec)  # a bad request fails here, in the picker, not in the worker
@@ -121,6 +122,7 @@ class ReplayFeed:
             raise RecordingError(f"{recording.path} holds no complete episode")
         self.recording = recording
         self.names = [ident.name for ident in recording.learners]
+        self.models = {ident.name: str(ident.config.get("model", "")) for ident in recording.learners}
         self.spec = recording.episodes[0].spec
         self.episode_index = 0
 

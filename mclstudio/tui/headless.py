@@ -3,9 +3,12 @@ benchmark all do. The worker thread and the redraw timer need real time, so thes
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 
+from rich.console import Console
+from textual.app import App
 from textual.pilot import Pilot
 
 from mclstudio.tui.screens import LiveScreen
@@ -31,3 +34,12 @@ async def settle(pilot: Pilot, frames: int, timeout: float = 30.0) -> None:
     await wait_until(pilot, lambda: app.frames_received >= frames, timeout)  # type: ignore[attr-defined]
     await wait_until(pilot, lambda: not app.dirty, timeout)  # type: ignore[attr-defined]
     await pilot.pause()
+
+
+def screen_text(app: App) -> str:
+    """The screen as plain text, one line per terminal row (what a user reads; the tests check labels)."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True, legacy_windows=False,
+                      safe_box=False)
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.export_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -16,13 +17,18 @@ from mclstudio.tui.widgets import AccuracyPanel, AssociationMap, ExampleView, Ma
 if TYPE_CHECKING:
     from mclstudio.tui.app import StudioApp
 
+# The live view's sizes: below MIN_SIZE a message replaces the panels; below FULL_SIZE (in either
+# direction) the compact view shows accuracy, forgetting, state memory and the association map only.
+MIN_SIZE = (80, 24)
+FULL_SIZE = (110, 34)
+
 KEYS = [
     ("space", "play / pause"),
     ("right, n", "one step"),
     ("+ / -", "faster / slower"),
     ("[ / ]", "previous / next association-map query"),
     ("tab", "switch the learner shown in the matrix and norms"),
-    ("r", "start / stop recording to HDF5 (the schema of `mclstudio record`)"),
+    ("r", "start / stop recording to HDF5 (the schema of `mclstudio record`; live only)"),
     ("ctrl+p", "command palette: open, switch, export"),
     ("?", "this help"),
     ("q", "quit"),
@@ -91,11 +97,41 @@ class PickerScreen(Screen):
             self.query_one("#picker-error", Static).update(f"[red]{error}[/]")
 
 
+PANELS = [
+    ("status line", "playing or paused, the speed, the step and task of the stream, the learner shown in the "
+                    "matrix and norms panels, and ● REC while a recording is being written."),
+    ("example", "the image the learners just read, with its task and its label: learning happens only from "
+                "these (x, y) pairs, one at a time, with no weight updates."),
+    ("accuracy, forgetting", "how many test questions of all tasks seen so far each learner answers right (the "
+                             "green curve is that figure over the steps), and its forgetting: how much it lost on "
+                             "the earlier tasks since it knew them best, after the last finished task."),
+    ("state memory", "what each learner must keep to go on: a fixed size for Mamba, Longhorn and the linear "
+                     "attentions (Linear Transformer, Performer), "
+                     "a cache growing with every token for the Transformer."),
+    ("hidden-state norms", "the size of each layer's memory over the recent steps, one curve per layer."),
+    ("accuracy matrix", "row k, column j: accuracy on task j after learning k+1 tasks; dark blue is 0%, "
+                        "yellow 100%. Colours fading down a column are forgetting."),
+    ("association map", "for one test question, how strongly the learner draws on each token it has read "
+                        "(dark blue little, yellow much). Attention: the Transformer's weights on its past "
+                        "tokens. Hidden attention: the same picture computed from Mamba's recurrence, which "
+                        "keeps no tokens. ^ marks the tokens of the question's own class (where a good learner "
+                        "looks); | marks where a new task began."),
+]
+
+
+def layout_mode(width: int, height: int) -> str:
+    """"too-small", "compact" or "full" for a terminal of width x height cells."""
+    if width < MIN_SIZE[0] or height < MIN_SIZE[1]:
+        return "too-small"
+    return "compact" if width < FULL_SIZE[0] or height < FULL_SIZE[1] else "full"
+
+
 class LiveScreen(Screen):
-    """The live view; it draws the app's latest frame and nothing else."""
+    """The live view; it draws the app's latest frame and nothing else. Its layout follows the terminal
+    size (``layout_mode``): full, compact, or a message when the terminal is too small."""
 
     BINDINGS = [
-        Binding("space", "app.toggle_play", "play/pause"),
+        Binding("space", "app.toggle_play", "play"),  # short: the footer fits in 80 columns
         Binding("right,n", "app.step", "step"),
         Binding("plus,+", "app.faster", "faster"),
         Binding("minus,-", "app.slower", "slower"),
@@ -105,14 +141,19 @@ class LiveScreen(Screen):
         Binding("r", "app.record", "record"),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode = "full"
+
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="status")
+        yield Static("", id="too-small")
         with Horizontal(id="top"):
             with Vertical(id="left"):
-                yield ExampleView("waiting for the first step (space plays, n steps)", id="example")
+                yield ExampleView("waiting for the first step", id="example")
                 yield StatsPanel("", id="stats")
-            with VerticalScroll(id="middle"):
+            with Vertical(id="middle"):
                 yield AccuracyPanel("", id="accuracy")
                 yield NormsPanel("", id="norms")
             yield MatrixHeatmap("", id="matrix")
@@ -121,22 +162,42 @@ class LiveScreen(Screen):
 
     def on_mount(self) -> None:
         titles = {"#example": "example", "#stats": "state memory and step latency",
-                  "#accuracy": "running accuracy (tasks seen), forgetting, per-task accuracy",
+                  "#accuracy": "accuracy, forgetting",
                   "#norms": "hidden-state norms", "#matrix": "accuracy matrix",
                   "#assoc": "association map (\\[ and ] pick the query)"}
         for selector, title in titles.items():
             self.query_one(selector).border_title = title
+        self.apply_size(self.app.size.width, self.app.size.height)
+        self.app.update_status()  # type: ignore[attr-defined]
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.apply_size(event.size.width, event.size.height)
+
+    def apply_size(self, width: int, height: int) -> None:
+        self.mode = layout_mode(width, height)
+        self.set_class(self.mode == "compact", "-compact")
+        self.set_class(self.mode == "too-small", "-too-small")
+        self.query_one("#accuracy").border_title = ("accuracy, forgetting, state memory" if self.mode == "compact"
+                                                    else "accuracy, forgetting")
+        if self.mode == "too-small":
+            self.query_one("#too-small", Static).update(
+                f"The terminal is {width}x{height}: the studio needs at least {MIN_SIZE[0]}x{MIN_SIZE[1]}.\n"
+                "Enlarge the window (or make the font smaller). The stream goes on; q quits.")
+        self.app.layout_changed()  # type: ignore[attr-defined]
 
 
 class HelpScreen(ModalScreen):
-    """The keys."""
+    """The keys, and what each panel shows, in a sentence an audience understands."""
 
     BINDINGS = [Binding("escape,question_mark,q", "app.pop_screen", "close")]
 
     def compose(self) -> ComposeResult:
         app: StudioApp = self.app  # type: ignore[assignment]
-        lines = "\n".join(f"[b]{k:<10}[/b] {what}" for k, what in KEYS)
-        with Vertical(id="help"):
+        live = app.feed is None or app.feed.live
+        keys = [(k, what) for k, what in KEYS if live or k != "r"]
+        with VerticalScroll(id="help"):
             yield Label("mclstudio studio: keys", classes="title")
-            yield Static(lines)
+            yield Static("\n".join(f"[b]{k:<10}[/b] {what}" for k, what in keys))
+            yield Label("\nthe panels", classes="title")
+            yield Static("\n".join(f"[b]{name}[/b]: {what}" for name, what in PANELS), classes="panels")
             yield Static(f"\n{app.mode_line()}\n[dim]escape or ? closes this screen[/]")

@@ -14,8 +14,9 @@ from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
-from mclstudio.tui.feeds import Frame
+from mclstudio.engine.stream import Snapshot
 from mclstudio.formatting import format_bytes
+from mclstudio.tui.feeds import Frame
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -189,20 +190,63 @@ class ExampleView(TextLines):
         self.update(text)
 
 
+def curve(values: list[float], width: int, rows: int) -> list[str]:
+    """The last ``width`` values in [0, 1] as a block chart ``rows`` lines high (top line first); a
+    blank column for NaN. One row is the sparkline."""
+    levels = [None if v is None or np.isnan(v) else min(max(v, 0.0), 1.0) * rows * 8 for v in values[-width:]]
+    lines = []
+    for r in range(rows - 1, -1, -1):  # the top line holds the levels above r * 8 eighths
+        line = []
+        for level in levels:
+            fill = 0 if level is None else int(min(max(level - 8 * r, 0), 8))
+            line.append(" " if fill == 0 else BLOCKS[fill - 1])
+        lines.append("".join(line))
+    return lines
+
+
+def forgetting_text(snap: Snapshot) -> str:
+    """The mean forgetting after the last finished task (``Snapshot.mean_forgetting``), kept through the
+    next task; "-" only before the first task ends."""
+    value = snap.mean_forgetting
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def accuracy_text(history: list[float]) -> str:
+    last = next((v for v in reversed(history) if not np.isnan(v)), float("nan"))
+    return "  -  " if np.isnan(last) else f"{100 * last:5.1f}%"
+
+
 class AccuracyPanel(TextLines):
     """Per learner: running accuracy on the tasks seen (value and curve over steps), mean forgetting,
-    and per-task accuracy after the last finished task as a row of coloured bars."""
+    and per-task accuracy after the last finished task as a row of coloured bars. The curves take the
+    panel's width and, on a tall panel, up to four lines each.
 
-    def show(self, frame: Frame, history: dict[str, list[float]], width: int = 40) -> None:
+    Compact (a small terminal): one line per learner with accuracy, forgetting, state memory and as
+    much of the curve as fits."""
+
+    def show(self, frame: Frame, history: dict[str, list[float]], compact: bool = False) -> None:
+        width, height = max(self.size.width, 20), self.size.height
+        if compact:
+            self.update(self._compact(frame, history, width))
+            return
         text = StyledLines()
+        n = len(frame.snapshots)
+        name_width = max(len(s.learner) for s in frame.snapshots)
+        stats_width = len(" acc 100.0%  forgetting 100.0%")
+        two_lines = name_width + stats_width > width  # a long name: the figures go under it, never cut
+        # the lines of each learner: its name and figures, the curve (1 to 16 lines), per-task bars;
+        # on a short panel the per-task bars go first (the accuracy matrix shows them too)
+        head = 1 + two_lines
+        per_task = not height or height >= n * (head + 2)
+        rows = min(16, max(1, (height - n * (head + per_task)) // n)) if height else 1
         for s in frame.snapshots:
-            acc = history[s.learner]
-            last = next((v for v in reversed(acc) if not np.isnan(v)), float("nan"))
-            forget = "-" if s.forgetting is None else f"{100 * float(np.mean(s.forgetting)):.1f}%"
-            text.append(f"{s.learner:<20}", style="bold")
-            text.append(f" acc {'  -  ' if np.isnan(last) else f'{100 * last:5.1f}%'}  forgetting {forget}\n")
-            text.append(" " + sparkline(acc, width) + "\n", style="green")
+            text.append(f"{s.learner:<{name_width}}" if not two_lines else s.learner + "\n ", style="bold")
+            text.append(f" acc {accuracy_text(history[s.learner])}  forgetting {forgetting_text(s)}\n")
+            for line in curve(history[s.learner], width - 1, rows):
+                text.append(" " + line + "\n", style="green")
             filled = ~np.isnan(s.accuracy_matrix).all(axis=1)
+            if not per_task:
+                continue
             if filled.any():
                 row = s.accuracy_matrix[np.flatnonzero(filled)[-1]]
                 text.append(" per task ")
@@ -213,6 +257,21 @@ class AccuracyPanel(TextLines):
                 text.append(" per task (after the first task ends)\n", style="dim")
         self.update(text)
 
+    @staticmethod
+    def _compact(frame: Frame, history: dict[str, list[float]], width: int) -> StyledLines:
+        text = StyledLines()
+        name_width = min(max(len(s.learner) for s in frame.snapshots), 18)
+        for s in frame.snapshots:
+            name = s.learner if len(s.learner) <= name_width else s.learner[: name_width - 1] + "…"
+            figures = (f" acc {accuracy_text(history[s.learner])}  forgetting {forgetting_text(s):>6}"
+                       f"  state {format_bytes(s.state_bytes):>9} ")
+            text.append(f"{name:<{name_width}}", style="bold").append(figures)
+            room = width - name_width - len(figures)
+            if room > 0:
+                text.append(sparkline(history[s.learner], room), style="green")
+            text.append("\n")
+        return text
+
 
 class MatrixHeatmap(TextLines):
     """The accuracy matrix A[k, j] (accuracy on task j after learning k + 1 tasks) as coloured cells."""
@@ -221,10 +280,13 @@ class MatrixHeatmap(TextLines):
         snap = next(s for s in frame.snapshots if s.learner == learner)
         m = snap.accuracy_matrix
         text = StyledLines(f"{learner}: rows = tasks learned, columns = task\n", style="bold")
+        # each task one line, or up to three on a tall panel (the title and the scale take two lines)
+        lines_per_task = min(3, max(1, (self.size.height - 2) // max(m.shape[0], 1)))
         for k in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                text.append("  " if j > k else "██", style=heat_style(m[k, j]))
-            text.append("\n")
+            for _ in range(lines_per_task):
+                for j in range(m.shape[1]):
+                    text.append("  " if j > k else "██", style=heat_style(m[k, j]))
+                text.append("\n")
         text.append("0% ", style="dim")
         for v in np.linspace(0, 1, 8):
             text.append("█", style=heat_style(v))
@@ -233,14 +295,17 @@ class MatrixHeatmap(TextLines):
 
 
 class StatsPanel(TextLines):
-    """State memory and step latency of every learner. Latency can be hidden (deterministic snapshots)."""
+    """State memory and step latency of every learner, one line each when the panel is wide enough.
+    Latency can be hidden (deterministic snapshots)."""
 
     def show(self, frame: Frame, show_timing: bool = True) -> None:
         text = StyledLines()
+        name_width = max(len(s.learner) for s in frame.snapshots)
+        one_line = name_width + 19 <= self.size.width  # name, " 132.0 KiB", "  2.5 ms"
         for s in frame.snapshots:
-            text.append(f"{s.learner}\n", style="bold")
-            text.append(f" state {format_bytes(s.state_bytes):>10}")
-            text.append(f"  step {1e3 * s.latency_s:5.1f} ms" if show_timing else "  step (hidden)")
+            text.append(f"{s.learner:<{name_width}}" if one_line else f"{s.learner}\n", style="bold")
+            text.append(f" {format_bytes(s.state_bytes):>9}")
+            text.append(f" {1e3 * s.latency_s:5.1f} ms" if show_timing else " (hidden)")
             text.append("\n")
         self.update(text)
 
@@ -248,7 +313,8 @@ class StatsPanel(TextLines):
 class NormsPanel(TextLines):
     """Hidden-state norm per layer over the steps, as one sparkline per layer (scaled per layer)."""
 
-    def show(self, learner: str, norms: list[np.ndarray], width: int = 40) -> None:
+    def show(self, learner: str, norms: list[np.ndarray]) -> None:
+        width = max(self.size.width - 13, 10)  # " L0 " + the curve + " 1234.56"
         text = StyledLines(f"{learner}: state norm per layer\n", style="bold")
         if norms:
             arr = np.stack(norms[-width:])  # (steps, layers)
@@ -261,16 +327,40 @@ class NormsPanel(TextLines):
         self.update(text)
 
 
+# What a learner's association row is: Mamba's and Longhorn's "hidden attention" (the attention their
+# recurrence implies), the attention weights of the attention learners.
+HIDDEN_ATTENTION_MODELS = ("mamba", "longhorn")
+
+
+def association_kind(model: str) -> str:
+    return "hidden attention" if model in HIDDEN_ATTENTION_MODELS else "attention"
+
+
+def map_legend() -> StyledLines:
+    """The association map's legend: the colour scale and the two marks."""
+    text = StyledLines("weight low ", style="dim")
+    for v in np.linspace(0, 1, 8):
+        text.append("█", style=heat_style(float(v)))
+    text.append(" high   ", style="dim")
+    text.append("^", style="yellow").append(" same class as the query   ", style="dim")
+    text.append("|", style="red").append(" task boundary", style="dim")
+    return text
+
+
 class AssociationMap(TextLines):
     """For one query: each learner's association row (Mamba's hidden attention, the Transformer's
     attention) over the past tokens, last layer, binned to the panel width. Below each row, '|' marks
-    a task boundary and '^' the true same-class tokens (the query's task)."""
+    a task boundary and '^' the true same-class tokens (the query's task). A legend line ends it."""
 
     def show(self, query: int, maps: dict[str, tuple[np.ndarray, np.ndarray, int]], task_starts: np.ndarray,
-             query_task: int, n_queries: int = 1, width: int = 100) -> None:
+             query_task: int, n_queries: int = 1, width: int = 100, kinds: dict[str, str] | None = None,
+             fill_height: bool = False) -> None:
+        """fill_height: draw each heat row taller (up to 4 lines) to fill the panel's height."""
         text = StyledLines(f"map {query + 1}/{n_queries}: a query of task {query_task + 1}, last layer\n", style="bold")
         if not maps:
             text.append("(computed at the end of each task; not yet)\n", style="dim")
+        # title and legend, then per map a label, the heat row(s) and the marks
+        heat_lines = min(4, max(1, (self.size.height - 2) // len(maps) - 2)) if fill_height and maps else 1
         for name, (rows, same, step) in maps.items():
             row = np.abs(rows[-1, query])  # (tokens,) last layer
             tokens = row.shape[0]
@@ -280,12 +370,15 @@ class AssociationMap(TextLines):
             weight = weight / (weight.max() or 1.0)
             match = np.array([same[query, a:b].max() for a, b in zip(edges[:-1], edges[1:])])
             bounds = {int(np.searchsorted(edges, 2 * t, side="right") - 1) for t in task_starts[1:] if 2 * t < tokens}
-            text.append(f"{name} (after step {step + 1})\n")
-            for b in range(bins):
-                text.append("█", style=heat_style(float(weight[b])))
-            text.append("\n")
+            kind = (kinds or {}).get(name, "attention")
+            text.append(f"{name}: {kind} (after step {step + 1})\n")
+            for _ in range(heat_lines):
+                for b in range(bins):
+                    text.append("█", style=heat_style(float(weight[b])))
+                text.append("\n")
             for b in range(bins):
                 text.append("|" if b in bounds else ("^" if match[b] else " "),
                             style="red" if b in bounds else "yellow")
             text.append("\n")
+        text.extend(map_legend())
         self.update(text)
