@@ -66,7 +66,7 @@ CASES: list[tuple[list[str], str]] = [
     (["info", "EXISTING"], "not a readable"),
     (["record", CKPT, "--episodes", "0"], "--episodes must be at least 1"),
     (["record", CKPT, "--noise", "nan"], "not a finite number"),
-    (["record", CKPT, "--shots", "-1"], "--shots must be at least 1"),
+    (["record", CKPT, "--shots", "-1"], "shots must be at least 1, not -1"),
     (["record", CKPT, "--seed", "-3"], "--seed must be at least 0"),
     (["record", CKPT, "--eval-every", "never"], "'never' is not one of"),
     (["record", CKPT, "-o", "EXISTING"], "already exists; pass --append"),
