@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_speed import COMMON, SIZES  # noqa: E402
+from train_speed import COMMON, SIZES, cuda_checked_device  # noqa: E402
 
 from mclstudio.data import EpisodeSpec, get_source  # noqa: E402
 from mclstudio.learners.kernels import fused_kernels  # noqa: E402
@@ -71,9 +71,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=20)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda asked for, but no CUDA GPU is available")
+    device = cuda_checked_device(args.device)
     source = get_source("omniglot-mini").to(device)
     report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
                     "size": args.size, "steps": args.steps, "batch": args.batch, "lr": args.lr,

@@ -72,6 +72,14 @@ SLCT_LAMBDA = 0.5
 GRAD_CLIP = 1.0
 
 
+def cuda_checked_device(name: str) -> torch.device:
+    """The benchmark's device; exits with one line when CUDA is asked for without a GPU."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda asked for, but no CUDA GPU is available")
+    return device
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -254,9 +262,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda asked for, but no CUDA GPU is available")
+    device = cuda_checked_device(args.device)
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(LEARNERS))
     if unknown:

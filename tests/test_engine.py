@@ -17,12 +17,7 @@ TINY = {"d_model": 16, "n_layers": 2, "encoder_channels": 8, "y_vocab": 12}
 ATTN = {"n_heads": 2, "d_ff": 32}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: more threads only oversubscribe a busy machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_learner(model: str, seed: int = 0):

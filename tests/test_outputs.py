@@ -27,12 +27,7 @@ TINY_RUN = ["--tasks", "2", "--shots", "1", "--test-shots", "1", "--batch-size",
 RECORD = ["--episodes", "1", "--tasks", "2", "--shots", "1", "--test-shots", "1", "--eval-every", "task"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(capsys, *args: object) -> tuple[int, str, str]:

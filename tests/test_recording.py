@@ -29,12 +29,7 @@ SPEC = EpisodeSpec(tasks=3, train_shots=2, test_shots=2, seed=7, num_codes=12)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def save_tiny(path: Path, model: str, seed: int) -> Path:

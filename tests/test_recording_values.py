@@ -30,12 +30,7 @@ MEMORIES = {"nn5": 5, "nn100": 100}  # forgets tasks that left its last 5 pairs 
 EPISODES = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def episode(seed: int) -> Episode:
