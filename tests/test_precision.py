@@ -21,7 +21,8 @@ from mclstudio.recording import read_recording
 from mclstudio.training.checkpoint import save_checkpoint
 from mclstudio.training.evaluate import Setting, evaluate_setting
 from test_cli import assert_one_line_error, run
-from test_recording import one_thread  # noqa: F401 - autouse: tiny models run fastest on one thread
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
 MODELS = ["mamba", "transformer", "linear_transformer", "performer"]
 TINY = {"d_model": 16, "n_layers": 2, "encoder_channels": 8, "y_vocab": 12}
