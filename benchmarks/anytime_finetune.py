@@ -21,7 +21,7 @@ import torch
 
 from mclstudio.data import EpisodeSpec, get_source
 from mclstudio.training.anytime import anytime_generator, sample_query_end
-from mclstudio.training.checkpoint import load_checkpoint
+from mclstudio.store.checkpoint import load_checkpoint
 from mclstudio.training.trainer import embed_pool, meta_train_step, warmup_halving_schedule
 
 BOUNDARIES = (1, 5, 10, 15, 20)

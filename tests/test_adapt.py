@@ -15,8 +15,8 @@ from mclstudio.data import EpisodeSpec, get_source
 from mclstudio.learners.lora import add_lora, find_targets, merge_lora
 from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.training.adapt import AdaptConfig, adapt
-from mclstudio.training.adapters import AdapterError, load_adapter, load_learners
-from mclstudio.training.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from mclstudio.store.adapters import AdapterError, load_adapter, load_learners
+from mclstudio.store.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from mclstudio.training.trainer import meta_train_step, warmup_halving_schedule
 from learner_helpers import inputs, stream_recurrently
 

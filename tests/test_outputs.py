@@ -20,7 +20,7 @@ from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.files import OutputError, atomic_target, check_output, claim_output, output_lock
 from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.recording import read_recording
-from mclstudio.training.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from mclstudio.store.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 
 TINY_MODEL = ["--d-model", "16", "--layers", "1", "--encoder-channels", "4", "--y-vocab", "4", "--device", "cpu"]
 TINY_RUN = ["--tasks", "2", "--shots", "1", "--test-shots", "1", "--batch-size", "2", "--log-every", "1"]
@@ -255,7 +255,7 @@ def test_ctrl_c_in_train_saves_a_resumable_checkpoint(tmp_path, monkeypatch, cap
 
 def test_ctrl_c_in_adapt_saves_a_resumable_adapter(tmp_path, monkeypatch, capsys):
     import mclstudio.training.adapt as adapt_module
-    from mclstudio.training.adapters import load_adapter
+    from mclstudio.store.adapters import load_adapter
 
     base = save_tiny(tmp_path / "base.pt")
     sha = file_sha256(base)

@@ -214,9 +214,9 @@ def eval_command(checkpoints: tuple[str, ...], episodes: int, batch_size: int, n
     """Meta-test a checkpoint: trained setting, longer streams, more shots, noise, other domains; or,
     with --grid, a tasks x shots grid and the anytime curve of one or more checkpoints."""
     from mclstudio.precision import check_precision
-    from mclstudio.training.adapters import load_learners
+    from mclstudio.store.adapters import load_learners
     from mclstudio.training.evaluate import evaluate_checkpoint
-    from mclstudio.training.trainer import resolve_device
+    from mclstudio.store.device import resolve_device
 
     check_precision(precision, resolve_device(device))
     if grid:
@@ -263,9 +263,9 @@ def _eval_grid(checkpoints: tuple[str, ...], adapters: tuple[str, ...], episodes
                download: bool) -> None:
     """`eval --grid`: one table, heatmap and anytime curve per checkpoint, or one JSON document."""
     from mclstudio.cli.grid_report import grid_json, parse_int_list, parse_shape, render_grid
-    from mclstudio.training.adapters import load_learners
+    from mclstudio.store.adapters import load_learners
     from mclstudio.training.evaluate import evaluate_grid
-    from mclstudio.training.trainer import resolve_device
+    from mclstudio.store.device import resolve_device
 
     tasks, shots = parse_int_list(grid_tasks, "--grid-tasks"), parse_int_list(grid_shots, "--grid-shots")
     shape = parse_shape(anytime, "--anytime")
@@ -297,7 +297,7 @@ def _eval_grid(checkpoints: tuple[str, ...], adapters: tuple[str, ...], episodes
 @click.argument("checkpoint")
 def info(checkpoint: str) -> None:
     """Show a checkpoint's learner config and metadata."""
-    from mclstudio.training.checkpoint import load_checkpoint
+    from mclstudio.store.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     click.echo(strict_json({"checkpoint": str(ckpt.path), "sha256": ckpt.sha256,

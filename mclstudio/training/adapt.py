@@ -1,5 +1,5 @@
 """Parameter-efficient adaptation (`mclstudio adapt`): meta-train low-rank adapters on a frozen learner's
-projections for a new domain, and save them as a small adapter file (mclstudio.training.adapters).
+projections for a new domain, and save them as a small adapter file (mclstudio.store.adapters).
 
 The objective is the base's: cross-entropy on the queries of meta-train episodes of the new domain (its
 meta-train classes only) plus the selectivity loss, with the base's weight unless overridden. Only the
@@ -20,8 +20,9 @@ import torch
 from mclstudio.data import DataError, EpisodeSpec, ImageSource, get_source
 from mclstudio.learners.lora import add_lora, find_targets
 from mclstudio.learners.lora import load_lora_tensors
-from mclstudio.training.adapters import load_adapter, save_adapter
-from mclstudio.training.checkpoint import load_checkpoint, read_safely
+from mclstudio.store.adapters import load_adapter, save_adapter
+from mclstudio.store.checkpoint import load_checkpoint, read_safely
+from mclstudio.store.device import resolve_device
 from mclstudio.training.interrupt import TrainingInterrupted, stop_requested
 from mclstudio.training.trainer import (
     LogWindow,
@@ -29,7 +30,6 @@ from mclstudio.training.trainer import (
     embed_pool,
     episode_seed,
     meta_train_step,
-    resolve_device,
     warmup_halving_schedule,
 )
 

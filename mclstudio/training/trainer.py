@@ -27,7 +27,8 @@ from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.metrics import episode_accuracy, episode_mse
 from mclstudio.training.anytime import OBJECTIVES, anytime_generator, sample_query_end
-from mclstudio.training.checkpoint import load_checkpoint, save_checkpoint
+from mclstudio.store.checkpoint import load_checkpoint, save_checkpoint
+from mclstudio.store.device import resolve_device
 from mclstudio.training.interrupt import TrainingInterrupted, stop_requested
 from mclstudio.training.losses import selectivity_kl, task_loss
 from mclstudio.training.pretrain import pretrain_encoder
@@ -229,17 +230,6 @@ def warmup_halving_schedule(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 ** (s // halve_every)
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
 
 
 def episode_seed(base_seed: int, step: int, rank: int, world: int, index: int, batch: int) -> int:
