@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -25,6 +26,10 @@ from mclstudio.metrics import episode_accuracy, episode_mse
 from mclstudio.precision import PRECISIONS, autocast, check_precision
 from mclstudio.training.interrupt import stop_requested
 from mclstudio.training.losses import selectivity_kl, task_loss
+
+# fp16's loss scaler skips the optimizer step when a gradient overflowed (the first steps, while it finds
+# its scale); torch then warns that the schedule stepped without the optimizer. Expected: not the user's concern.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
 # ---- precision ---------------------------------------------------------------------------------------
 
