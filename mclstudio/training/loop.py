@@ -107,18 +107,18 @@ def meta_train_step(
         )
         loss = loss_task + slct_lambda * loss_slct
     optimizer.zero_grad(set_to_none=True)
-    # else nothing is left to train (ProtoNet on a frozen encoder): the step only reports
-    scaling = scaler is not None and scaler.is_enabled() and loss.requires_grad
-    if loss.requires_grad:
-        (scaler.scale(loss) if scaling else loss).backward()  # type: ignore[union-attr]
-    if scaling:
-        scaler.unscale_(optimizer)  # type: ignore[union-attr]  (clip the true gradient)
+    if not (scaler is not None and scaler.is_enabled() and loss.requires_grad):
+        scaler = None
+    if loss.requires_grad:  # else nothing is left to train (ProtoNet on a frozen encoder): the step only reports
+        (loss if scaler is None else scaler.scale(loss)).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    if scaling:
-        scaler.step(optimizer)  # type: ignore[union-attr]  (skipped when a gradient overflowed)
-        scaler.update()  # type: ignore[union-attr]
-    else:
+    if scaler is None:
         optimizer.step()
+    else:
+        scaler.step(optimizer)  # skipped when a gradient overflowed; the scale then halves
+        scaler.update()
     schedule.step()
     with torch.no_grad():
         score = -episode_mse(logits, ep.query_y) if ep.query_y.is_floating_point() else episode_accuracy(logits, ep.query_y)
