@@ -32,7 +32,7 @@ from streaming import device_info  # noqa: E402
 
 from mclstudio.data import get_source  # noqa: E402
 from mclstudio.training.adapt import AdaptConfig, adapt, default_adapter_path  # noqa: E402
-from mclstudio.training.adapters import load_learners  # noqa: E402
+from mclstudio.store.adapters import load_learners  # noqa: E402
 from mclstudio.training.evaluate import Setting, evaluate_setting, trained_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

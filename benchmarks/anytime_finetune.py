@@ -21,8 +21,8 @@ import torch
 
 from mclstudio.data import EpisodeSpec, get_source
 from mclstudio.training.anytime import anytime_generator, sample_query_end
-from mclstudio.training.checkpoint import load_checkpoint
-from mclstudio.training.trainer import embed_pool, meta_train_step, warmup_halving_schedule
+from mclstudio.store.checkpoint import load_checkpoint
+from mclstudio.training.loop import embed_pool, meta_train_step, warmup_halving_schedule
 
 BOUNDARIES = (1, 5, 10, 15, 20)
 
@@ -75,7 +75,7 @@ def main() -> None:
             query_end = None
             if objective == "anytime":
                 query_end = sample_query_end(ep.stream_task, ep.query_task, anytime_generator(0, step))
-            meta_train_step(learner, ep, optimizer, schedule, params, 0.5, 1.0, False, table, step, query_end)
+            meta_train_step(learner, ep, optimizer, schedule, params, 0.5, 1.0, "fp32", table, step, query_end)
         results[objective] = {"seconds": time.perf_counter() - t0,
                               "accuracy_after_k_tasks": anytime_accuracy(learner, table, source, args.episodes, 5),
                               "accuracy_after_k_tasks_1_shot": anytime_accuracy(learner, table, source, args.episodes, 1)}

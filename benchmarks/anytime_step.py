@@ -25,7 +25,7 @@ from mclstudio.data import EpisodeSpec, get_source
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.learners.scan import cuda_scan_available
 from mclstudio.training.anytime import anytime_generator, sample_query_end
-from mclstudio.training.trainer import meta_train_step, warmup_halving_schedule
+from mclstudio.training.loop import meta_train_step, warmup_halving_schedule
 
 SHIPPED = dict(d_model=128, n_layers=4, x_shape=(1, 32, 32), y_vocab=100, encoder_channels=64)
 TINY = dict(d_model=32, n_layers=2, x_shape=(1, 32, 32), y_vocab=100, encoder_channels=16)
@@ -57,7 +57,7 @@ def time_steps(model_name: str, size: dict, ep, device: torch.device, steps: int
             if objective == "anytime":
                 query_end = sample_query_end(ep.stream_task, ep.query_task, anytime_generator(0, step)).to(device)
             meta_train_step(learners[k], ep, optimizers[k], schedules[k], list(learners[k].parameters()), 0.1, 1.0,
-                            device.type == "cuda", None, step, query_end)
+                            "bf16" if device.type == "cuda" else "fp32", None, step, query_end)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if step >= warmup:

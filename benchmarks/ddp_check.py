@@ -49,7 +49,7 @@ def train_command(args: argparse.Namespace, batch: int, out: Path, amp: bool = T
     if args.model not in ("mamba", "longhorn"):
         cmd += ["--heads", "4", "--d-ff", str(2 * args.d_model)]
     if not amp:
-        cmd += ["--no-amp"]
+        cmd += ["--precision", "fp32"]
     return cmd
 
 

@@ -47,7 +47,7 @@ from mclstudio.learners.registry import build_learner, make_config  # noqa: E402
 from mclstudio.learners.scan import CUDA_SCAN_IMPORT_ERROR, cuda_scan_available  # noqa: E402
 from mclstudio.learners.ssm import SSMLearner  # noqa: E402
 from mclstudio.training.losses import selectivity_kl, task_loss  # noqa: E402
-from mclstudio.training.trainer import embed_pool  # noqa: E402
+from mclstudio.training.loop import embed_pool  # noqa: E402
 
 PAPER_SIZED = {
     "mamba": dict(d_model=256, n_layers=12),

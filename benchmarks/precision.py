@@ -56,7 +56,7 @@ from mclstudio.engine import EngineConfig, run_episode  # noqa: E402
 from mclstudio.learners.base import Learner  # noqa: E402
 from mclstudio.metrics import episode_accuracy, mean_ci95  # noqa: E402
 from mclstudio.precision import PRECISIONS, autocast, check_precision  # noqa: E402
-from mclstudio.training.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+from mclstudio.store.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from mclstudio.training.evaluate import EVAL_SEED_BASE, trained_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

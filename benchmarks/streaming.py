@@ -36,7 +36,7 @@ from mclstudio.engine import EngineConfig, EpisodeTrace, StreamEngine
 from mclstudio.learners.base import Learner
 from mclstudio.recording.hdf5 import RecordingWriter
 from mclstudio.recording.session import default_rows_queries, identity
-from mclstudio.training.checkpoint import load_checkpoint
+from mclstudio.store.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

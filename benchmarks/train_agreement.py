@@ -31,7 +31,7 @@ from mclstudio.data import EpisodeSpec, get_source  # noqa: E402
 from mclstudio.learners.kernels import fused_kernels  # noqa: E402
 from mclstudio.learners.registry import build_learner, make_config  # noqa: E402
 from mclstudio.learners.ssm import SSMLearner  # noqa: E402
-from mclstudio.training.trainer import build_optimizer, episode_seed, meta_train_step, warmup_halving_schedule  # noqa: E402
+from mclstudio.training.loop import build_optimizer, episode_seed, meta_train_step, warmup_halving_schedule  # noqa: E402
 
 
 def run(model: str, size: str, seed: int, fast: bool, args: argparse.Namespace, source, device: torch.device) -> dict:
@@ -49,7 +49,8 @@ def run(model: str, size: str, seed: int, fast: bool, args: argparse.Namespace, 
     with nullcontext() if fast else fused_kernels(False):
         for step in range(args.steps):
             ep = source.batch([spec.with_seed(episode_seed(seed, step, 0, 1, i, args.batch)) for i in range(args.batch)])
-            stats = meta_train_step(learner, ep, optimizer, schedule, params, 0.5, 1.0, device.type == "cuda")
+            stats = meta_train_step(learner, ep, optimizer, schedule, params, 0.5, 1.0,
+                                    "bf16" if device.type == "cuda" else "fp32")
             losses.append(stats.loss)
     losses = [float(v) for v in losses]
     return {"seconds": round(time.perf_counter() - started, 2), "loss": losses}

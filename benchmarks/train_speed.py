@@ -41,7 +41,7 @@ from mclstudio.data import EpisodeSpec, get_source  # noqa: E402
 from mclstudio.learners.base import Learner  # noqa: E402
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config  # noqa: E402
 from mclstudio.learners.scan import CUDA_SCAN_IMPORT_ERROR, cuda_scan_available  # noqa: E402
-from mclstudio.training.trainer import (  # noqa: E402
+from mclstudio.training.loop import (  # noqa: E402
     build_optimizer,
     embed_pool,
     episode_seed,
@@ -117,7 +117,7 @@ class Setup:
 
     def step(self, ep, slct_lambda: float = SLCT_LAMBDA, table: torch.Tensor | None = None) -> None:
         meta_train_step(self.learner, ep, self.optimizer, self.schedule, self.params, slct_lambda, GRAD_CLIP,
-                        self.use_amp, table)
+                        "bf16" if self.use_amp else "fp32", table)
 
     def loop_rate(self, batch: int, steps: int, warmup: int) -> float:
         """Episodes/s of the training loop: sampling + step, as ``train`` runs them."""

@@ -261,7 +261,7 @@ def main() -> None:
             summary.append({"mode": mode, "checkpoints": names, "runs": len(mine),
                             **{f"median_{key}": statistics.median(r[key] for r in mine)
                                for key in (SUMMARISED_TMUX if mode == "tmux" else SUMMARISED)}})
-    from mclstudio.training.trainer import resolve_device
+    from mclstudio.store.device import resolve_device
 
     out = {
         "benchmark": "tui_fps",

@@ -32,6 +32,13 @@ def clip(text: str, limit: int = 160) -> str:
     return f"{head.rstrip(' ,;:(')}..."
 
 
+def error_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or the exception's type name when it has none: how an
+    error is told in one line (a command's `error:` line, a refusal quoting what torch or h5py said)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def finite_or_none(obj: Any) -> Any:
     """obj with every NaN or infinite float (in nested dicts, lists and tuples) replaced by None."""
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -23,7 +23,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from mclstudio.formatting import clip
+from mclstudio.formatting import clip, error_line
 
 # Under autocast, RMSNorm (Mamba's) gets a low-precision input and a float32 weight; torch warns once that
 # it falls back from its fused kernel to the composite one (same result). Noise for a command's user.
@@ -60,7 +60,7 @@ def _unsupported(precision: str, device: str) -> str:
             q = F.linear(x.flatten(1).view(1, 1, 2, 16), torch.ones(8, 16, device=dev))
             F.scaled_dot_product_attention(q, q, q, is_causal=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = error_line(exc)
         return f"{precision} does not run on {where} with torch {torch.__version__} ({clip(first, 120)})"
     return ""
 

@@ -15,9 +15,9 @@ from mclstudio.data import EpisodeSpec, get_source
 from mclstudio.learners.lora import add_lora, find_targets, merge_lora
 from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.training.adapt import AdaptConfig, adapt
-from mclstudio.training.adapters import AdapterError, load_adapter, load_learners
-from mclstudio.training.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from mclstudio.training.trainer import meta_train_step, warmup_halving_schedule
+from mclstudio.store.adapters import AdapterError, load_adapter, load_learners
+from mclstudio.store.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from mclstudio.training.loop import meta_train_step, warmup_halving_schedule
 from learner_helpers import inputs, stream_recurrently
 
 TINY = {"d_model": 16, "n_layers": 1, "encoder_channels": 8, "y_vocab": 12}
@@ -106,7 +106,7 @@ def test_training_moves_only_the_adapters_and_every_path_sees_them():
     params32 = add_lora(learner32, find_targets(learner32, ssm=True), rank=2, alpha=4.0)
     frozen = {k: v.clone() for k, v in learner32.state_dict().items() if "lora_" not in k}
     optimizer = torch.optim.Adam(params32, lr=0.05)
-    meta_train_step(learner32, episode, optimizer, warmup_halving_schedule(optimizer, 0, 100), params32, 0.5, 1.0, False)
+    meta_train_step(learner32, episode, optimizer, warmup_halving_schedule(optimizer, 0, 100), params32, 0.5, 1.0, "fp32")
     after = learner32.state_dict()
     assert all(torch.equal(after[k], v) for k, v in frozen.items())  # the base weights did not move
     assert all(p.abs().sum() > 0 for p in params32[1::2])  # every B left zero

@@ -14,7 +14,7 @@ import torch
 from mclstudio.cli.main import main
 from mclstudio.data import EpisodeSpec, get_source
 from mclstudio.metrics import episode_accuracy
-from mclstudio.training.checkpoint import load_checkpoint
+from mclstudio.store.checkpoint import load_checkpoint
 from mclstudio.training.evaluate import EVAL_SEED_BASE, Setting, anytime_curve, evaluate_grid, evaluate_setting
 
 MAMBA = Path(__file__).resolve().parents[1] / "checkpoints" / "mamba.pt"

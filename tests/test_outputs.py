@@ -20,7 +20,7 @@ from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.files import OutputError, atomic_target, check_output, claim_output, output_lock
 from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.recording import read_recording
-from mclstudio.training.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from mclstudio.store.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 
 TINY_MODEL = ["--d-model", "16", "--layers", "1", "--encoder-channels", "4", "--y-vocab", "4", "--device", "cpu"]
 TINY_RUN = ["--tasks", "2", "--shots", "1", "--test-shots", "1", "--batch-size", "2", "--log-every", "1"]
@@ -231,11 +231,11 @@ def _signal_after_first_step(monkeypatch, module, signum: int) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_in_train_saves_a_resumable_checkpoint(tmp_path, monkeypatch, capsys, signum):
-    import mclstudio.training.trainer as trainer
+    import mclstudio.training.loop as loop
 
     out = tmp_path / "m.pt"
     argv = ["train", "--steps", "3", *TINY_RUN, *TINY_MODEL, "-o", str(out)]
-    _signal_after_first_step(monkeypatch, trainer, signum)
+    _signal_after_first_step(monkeypatch, loop, signum)
     code, _, err = run(capsys, *argv)
     assert code == 130 and "interrupted after step 1" in err and str(out) in err, err
     ckpt = load_checkpoint(out, with_training_state=True)
@@ -254,15 +254,15 @@ def test_ctrl_c_in_train_saves_a_resumable_checkpoint(tmp_path, monkeypatch, cap
 
 
 def test_ctrl_c_in_adapt_saves_a_resumable_adapter(tmp_path, monkeypatch, capsys):
-    import mclstudio.training.adapt as adapt_module
-    from mclstudio.training.adapters import load_adapter
+    import mclstudio.training.loop as loop
+    from mclstudio.store.adapters import load_adapter
 
     base = save_tiny(tmp_path / "base.pt")
     sha = file_sha256(base)
     out = tmp_path / "ad.pt"
     argv = ["adapt", str(base), "--dataset", "omniglot-mini:inverted", "--steps", "3", "--batch-size", "2",
             "--tasks", "2", "--shots", "1", "--test-shots", "1", "--rank", "2", "--device", "cpu", "-o", str(out)]
-    _signal_after_first_step(monkeypatch, adapt_module, signal.SIGINT)
+    _signal_after_first_step(monkeypatch, loop, signal.SIGINT)
     code, _, err = run(capsys, *argv)
     assert code == 130 and "interrupted after step 1" in err, err
     assert torch.load(out, weights_only=True)["training_state"]["step"] == 1

@@ -18,7 +18,7 @@ from mclstudio.engine import EngineConfig, run_episode
 from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.precision import autocast, check_precision
 from mclstudio.recording import read_recording
-from mclstudio.training.checkpoint import save_checkpoint
+from mclstudio.store.checkpoint import save_checkpoint
 from mclstudio.training.evaluate import Setting, evaluate_setting
 from test_cli import assert_one_line_error, run
 

@@ -132,7 +132,7 @@ def test_the_studio_runs_protonet_beside_mamba(tmp_path):
 
     torch.manual_seed(0)
     model = build_learner(make_config("protonet", d_model=128, x_shape=(1, 32, 32), y_vocab=100))
-    from mclstudio.training.checkpoint import save_checkpoint
+    from mclstudio.store.checkpoint import save_checkpoint
 
     ckpt = tmp_path / "protonet.pt"
     save_checkpoint(ckpt, model, {"dataset": "omniglot-mini", "steps": 0})

@@ -22,7 +22,7 @@ from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.recording import SCHEMA_VERSION, RecordingError, read_recording, record_session
 from mclstudio.recording.session import rebuild_episode
-from mclstudio.training.checkpoint import load_checkpoint, save_checkpoint
+from mclstudio.store.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = {"d_model": 16, "n_layers": 2, "encoder_channels": 8, "y_vocab": 12}
 SPEC = EpisodeSpec(tasks=3, train_shots=2, test_shots=2, seed=7, num_codes=12)

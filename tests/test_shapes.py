@@ -191,7 +191,7 @@ def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 def test_record_and_replay_uneven_shots(tmp_path, capsys) -> None:
     from mclstudio.learners.registry import build_learner, make_config
     from mclstudio.recording import read_recording
-    from mclstudio.training.checkpoint import save_checkpoint
+    from mclstudio.store.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     ckpt = tmp_path / "m.pt"
@@ -221,7 +221,7 @@ def test_open_takes_uneven_shots(tmp_path) -> None:
 
 
 def test_frozen_encoder_steps_freeze_the_encoder_under_augmentation(tmp_path) -> None:
-    from mclstudio.training.checkpoint import load_checkpoint
+    from mclstudio.store.checkpoint import load_checkpoint
     from mclstudio.training.trainer import TrainConfig, build_for_data, train
 
     learner = {"d_model": 16, "n_layers": 1, "encoder_channels": 8, "y_vocab": 12}

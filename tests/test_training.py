@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mclstudio.metrics import forgetting, mean_ci95
-from mclstudio.training.checkpoint import CheckpointError, load_checkpoint
+from mclstudio.store.checkpoint import CheckpointError, load_checkpoint
 from mclstudio.training.evaluate import evaluate_checkpoint
 from mclstudio.training.losses import selectivity_kl, selectivity_targets
 from mclstudio.training.trainer import TrainConfig, train

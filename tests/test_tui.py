@@ -12,7 +12,7 @@ from mclstudio.cli.main import main
 from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.recording.hdf5 import read_recording
 from mclstudio.recording.session import default_rows_queries, record_session
-from mclstudio.training.checkpoint import load_checkpoint
+from mclstudio.store.checkpoint import load_checkpoint
 from mclstudio.tui.app import StudioApp
 from mclstudio.tui.cli import build_open_app, build_replay_app
 from mclstudio.tui.headless import settle, start_live, wait_until

@@ -14,7 +14,7 @@ import pytest
 from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.recording.hdf5 import read_recording
 from mclstudio.recording.session import recording_summary, record_session
-from mclstudio.training.checkpoint import load_checkpoint
+from mclstudio.store.checkpoint import load_checkpoint
 from mclstudio.tui.app import StudioApp
 from mclstudio.tui.cli import build_open_app, build_replay_app
 from mclstudio.tui.headless import screen_text, settle, start_live, wait_until

@@ -95,11 +95,11 @@ M = [
   'return torch.einsum("bldn,bld,bln->bdn", decay_to_end(move.log_decay).detach(), move.rate * widen(u).transpose(1, 2), move.key)', FAST),
  # DDP
  ("ddp: model not wrapped in DistributedDataParallel", "mclstudio/training/trainer.py",
-  "    if world > 1:\n        model = DistributedDataParallel(", "    if False:\n        model = DistributedDataParallel(", DDP),
- ("ddp: every rank draws the same episodes", "mclstudio/training/trainer.py",
+  "        if world > 1:\n            model = DistributedDataParallel(", "        if False:\n            model = DistributedDataParallel(", DDP),
+ ("ddp: every rank draws the same episodes", "mclstudio/training/loop.py",
   "return base_seed * 1_000_003_000 + (step * world + rank) * batch + index", "return base_seed * 1_000_003_000 + (step * world) * batch + index", DDP),
- ("ddp: logged losses not averaged over ranks", "mclstudio/training/trainer.py",
-  "                window.average_over_ranks(device)", "                pass", DDP),
+ ("ddp: logged losses not averaged over ranks", "mclstudio/training/loop.py",
+  "                window.average_over_ranks(s.device)", "                pass", DDP),
 ]
 
 

@@ -3,7 +3,7 @@
 from mclstudio.data import DataError
 from mclstudio.files import OutputError
 from mclstudio.recording.hdf5 import RecordingError
-from mclstudio.training.checkpoint import CheckpointError
+from mclstudio.store.checkpoint import CheckpointError
 
 ERROR_TYPES: tuple[type[BaseException], ...] = (
     DataError, OutputError, CheckpointError, RecordingError, ValueError, FloatingPointError, OSError,

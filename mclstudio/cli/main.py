@@ -20,6 +20,7 @@ import click
 from mclstudio import __version__
 from mclstudio.cli.errors import ERROR_TYPES
 from mclstudio.cli.options import AMOUNT, COUNT, NON_NEGATIVE, PROBABILITY, RATE, adapter_option, force_option, precision_option
+from mclstudio.cli.options import train_precision_option
 from mclstudio.formatting import clip, strict_json
 
 MODELS = ["mamba", "transformer", "linear_transformer", "performer", "longhorn", "protonet"]  # = learners.registry.LEARNERS (kept here: importing it loads torch)
@@ -94,7 +95,7 @@ def _interrupted(stop: Any, what: str) -> None:
                    "end: every query sees the whole stream.")
 @click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
+@train_precision_option
 @click.option("--checkpoint-every", type=COUNT, default=500, show_default=True)
 @click.option("--log-every", type=COUNT, default=25, show_default=True)
 @click.option("-o", "--out", default=None,
@@ -138,8 +139,8 @@ def train(**kw: Any) -> None:
         model=kw["model"], dataset=kw["dataset"], root=kw["root"], download=kw["download"], tasks=kw["tasks"],
         train_shots=kw["shots"], test_shots=kw["test_shots"], noise_std=kw["noise"], steps=kw["steps"],
         batch_size=kw["batch_size"], lr=kw["lr"], lr_halve_every=kw["lr_halve_every"], warmup_steps=kw["warmup"],
-        slct_lambda=kw["slct_lambda"], objective=kw["objective"], seed=kw["seed"], device=kw["device"], amp=kw["amp"],
-        checkpoint_every=kw["checkpoint_every"], log_every=kw["log_every"],
+        slct_lambda=kw["slct_lambda"], objective=kw["objective"], seed=kw["seed"], device=kw["device"],
+        precision=kw["precision"], checkpoint_every=kw["checkpoint_every"], log_every=kw["log_every"],
         out=out, resume=kw["resume"], max_minutes=kw["max_minutes"], pretrain_steps=kw["pretrain_steps"],
         frozen_encoder_steps=kw["frozen_encoder_steps"], learner=learner, augment=kw["augment"],
         tasks_range=parse_range(kw["tasks_range"], "--tasks-range") if kw["tasks_range"] else None,
@@ -214,9 +215,9 @@ def eval_command(checkpoints: tuple[str, ...], episodes: int, batch_size: int, n
     """Meta-test a checkpoint: trained setting, longer streams, more shots, noise, other domains; or,
     with --grid, a tasks x shots grid and the anytime curve of one or more checkpoints."""
     from mclstudio.precision import check_precision
-    from mclstudio.training.adapters import load_learners
+    from mclstudio.store.adapters import load_learners
     from mclstudio.training.evaluate import evaluate_checkpoint
-    from mclstudio.training.trainer import resolve_device
+    from mclstudio.store.device import resolve_device
 
     check_precision(precision, resolve_device(device))
     if grid:
@@ -263,9 +264,9 @@ def _eval_grid(checkpoints: tuple[str, ...], adapters: tuple[str, ...], episodes
                download: bool) -> None:
     """`eval --grid`: one table, heatmap and anytime curve per checkpoint, or one JSON document."""
     from mclstudio.cli.grid_report import grid_json, parse_int_list, parse_shape, render_grid
-    from mclstudio.training.adapters import load_learners
+    from mclstudio.store.adapters import load_learners
     from mclstudio.training.evaluate import evaluate_grid
-    from mclstudio.training.trainer import resolve_device
+    from mclstudio.store.device import resolve_device
 
     tasks, shots = parse_int_list(grid_tasks, "--grid-tasks"), parse_int_list(grid_shots, "--grid-shots")
     shape = parse_shape(anytime, "--anytime")
@@ -297,7 +298,7 @@ def _eval_grid(checkpoints: tuple[str, ...], adapters: tuple[str, ...], episodes
 @click.argument("checkpoint")
 def info(checkpoint: str) -> None:
     """Show a checkpoint's learner config and metadata."""
-    from mclstudio.training.checkpoint import load_checkpoint
+    from mclstudio.store.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     click.echo(strict_json({"checkpoint": str(ckpt.path), "sha256": ckpt.sha256,
@@ -324,6 +325,7 @@ def info(checkpoint: str) -> None:
               help="Selectivity regularisation weight (costs a second pass's worth of time on Mamba).")
 @click.option("--seed", type=NON_NEGATIVE, default=1, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@train_precision_option
 @click.option("--log-every", type=COUNT, default=25, show_default=True)
 @click.option("--root", default=None, help="Folder of a torchvision dataset.")
 @click.option("--download", is_flag=True, help="Let torchvision download the dataset into --root.")
@@ -347,7 +349,8 @@ def adapt(checkpoint: str, **kw: Any) -> None:
         checkpoint=checkpoint, dataset=kw["dataset"], rank=kw["rank"], alpha=kw["alpha"], ssm=kw["ssm"],
         encoder=kw["encoder"], tasks=kw["tasks"], train_shots=kw["shots"], test_shots=kw["test_shots"],
         steps=kw["steps"], batch_size=kw["batch_size"], lr=kw["lr"], warmup_steps=kw["warmup"],
-        slct_lambda=kw["slct_lambda"], seed=kw["seed"], device=kw["device"], log_every=kw["log_every"],
+        slct_lambda=kw["slct_lambda"], seed=kw["seed"], device=kw["device"], precision=kw["precision"],
+        log_every=kw["log_every"],
         root=kw["root"], download=kw["download"], out=out, resume=kw["resume"],
     )
     cfg.validate()

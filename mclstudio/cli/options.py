@@ -29,6 +29,25 @@ def precision_option(f: F) -> F:
     )(f)
 
 
+TRAIN_PRECISIONS = ("auto", *PRECISIONS)  # = training.loop.TRAIN_PRECISIONS (kept here: importing it loads torch)
+
+
+def _train_precision_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value.lower() not in TRAIN_PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {value!r}")
+    return value.lower()
+
+
+def train_precision_option(f: F) -> F:
+    """train's and adapt's --precision auto|fp32|bf16|fp16: auto is bf16 on CUDA and fp32 on the CPU."""
+    return click.option(
+        "--precision", default="auto", show_default=True, metavar="|".join(TRAIN_PRECISIONS),
+        callback=_train_precision_name,
+        help="fp32, or bf16/fp16 mixed precision (torch.autocast; fp16 with loss scaling); auto: bf16 on CUDA, "
+             "fp32 on the CPU.",
+    )(f)
+
+
 adapter_option = click.option(
     "--adapter", "adapters", multiple=True, metavar="FILE",
     help="An adapter file (from `mclstudio adapt`) to apply on top of the checkpoint it was trained on "

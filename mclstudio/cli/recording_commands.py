@@ -80,7 +80,7 @@ def _record(checkpoints: tuple[str, ...], adapters: tuple[str, ...], episodes: i
 
     from mclstudio.data.episodes import EpisodeSpec
     from mclstudio.recording.session import default_rows_queries, record_session
-    from mclstudio.training.adapters import load_learners
+    from mclstudio.store.adapters import load_learners
 
     tasks, shots = spec.tasks, spec.train_shots
     loaded = load_learners(checkpoints, adapters)
@@ -143,7 +143,7 @@ def _replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool
         return
     from mclstudio.recording.hdf5 import read_recording
     from mclstudio.recording.session import recording_summary, rerun, summarize, verify
-    from mclstudio.training.adapters import load_learners
+    from mclstudio.store.adapters import load_learners
 
     rec = read_recording(recording)
     rows = recording_summary(rec)

@@ -28,6 +28,7 @@ from mclstudio.data.episodes import Episode
 from mclstudio.learners.base import Learner, State
 from mclstudio.metrics import forgetting, mean_forgetting, per_task_accuracy
 from mclstudio.precision import autocast, check_precision
+from mclstudio.store.device import learner_device
 
 EVAL_MODES = ("step", "task", "none")
 ROWS_MODES = ("task", "step")
@@ -227,10 +228,6 @@ class StreamEngine:
         assert out.rows is not None
         rows = torch.stack([r[0] for r in out.rows]).float().cpu().numpy()  # (n_layers, R, 2n)
         return rows, same_class_pattern(ep.stream_task[:n], ep.query_task[self._rows_index])
-
-
-def learner_device(learner: Learner) -> torch.device:
-    return next(learner.parameters()).device
 
 
 @dataclass

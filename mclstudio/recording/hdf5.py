@@ -25,7 +25,7 @@ import numpy as np
 
 import mclstudio
 from mclstudio.files import atomic_target
-from mclstudio.formatting import clip
+from mclstudio.formatting import clip, error_line
 from mclstudio.data.episodes import Episode, EpisodeSpec
 from mclstudio.engine.stream import EngineConfig, EpisodeTrace
 
@@ -245,7 +245,7 @@ def read_recording(path: str | Path) -> Recording:
     except RecordingError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = error_line(exc)
         raise RecordingError(f"{path} is truncated or damaged and cannot be read ({clip(first, 120)})") from None
 
 

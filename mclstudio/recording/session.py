@@ -15,8 +15,8 @@ from mclstudio.engine.stream import EngineConfig, EpisodeTrace, Snapshot, run_ep
 from mclstudio.learners.base import Learner
 from mclstudio.metrics import mean_ci95, mean_forgetting, seen_task_accuracy
 from mclstudio.recording.hdf5 import LearnerIdentity, RecordedEpisode, Recording, RecordingError, RecordingWriter
-from mclstudio.training.adapters import load_learners
-from mclstudio.training.checkpoint import Checkpoint, CheckpointError, file_sha256
+from mclstudio.store.adapters import load_learners
+from mclstudio.store.checkpoint import Checkpoint, CheckpointError, file_sha256
 
 
 def learner_names(checkpoints: list[Checkpoint]) -> list[str]:

@@ -1,38 +1,43 @@
 """Parameter-efficient adaptation (`mclstudio adapt`): meta-train low-rank adapters on a frozen learner's
-projections for a new domain, and save them as a small adapter file (mclstudio.training.adapters).
+projections for a new domain, and save them as a small adapter file (mclstudio.store.adapters).
 
 The objective is the base's: cross-entropy on the queries of meta-train episodes of the new domain (its
 meta-train classes only) plus the selectivity loss, with the base's weight unless overridden. Only the
 adapters train; every base weight stays frozen and the base checkpoint file is only read. With the encoder
 frozen (the default), the new domain's image pool is embedded once and looked up, so a step costs the
-sequence model alone, as in `train --frozen-encoder-steps`.
+sequence model alone, as in `train --frozen-encoder-steps`. A recipe like meta-training's: setup here, the
+loop both share (training/loop.py), then the adapter file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mclstudio.data import DataError, EpisodeSpec, ImageSource, get_source
-from mclstudio.learners.lora import add_lora, find_targets
-from mclstudio.learners.lora import load_lora_tensors
-from mclstudio.training.adapters import load_adapter, save_adapter
-from mclstudio.training.checkpoint import load_checkpoint, read_safely
-from mclstudio.training.interrupt import TrainingInterrupted, stop_requested
-from mclstudio.training.trainer import (
-    LogWindow,
+from mclstudio.learners.lora import add_lora, find_targets, load_lora_tensors
+from mclstudio.store.adapters import load_adapter, save_adapter
+from mclstudio.store.checkpoint import load_checkpoint, read_safely
+from mclstudio.store.device import resolve_device
+from mclstudio.training.interrupt import TrainingInterrupted
+from mclstudio.training.loop import (
+    TRAIN_PRECISIONS,
+    Batch,
+    LoopSetup,
     TrainLog,
     embed_pool,
     episode_seed,
-    meta_train_step,
-    resolve_device,
+    grad_scaler,
+    load_training_state,
+    precision_from_config,
+    run_loop,
+    training_precision,
     warmup_halving_schedule,
 )
-
 
 @dataclass
 class AdaptConfig:
@@ -58,7 +63,7 @@ class AdaptConfig:
     slct_lambda: float = 0.0
     seed: int = 1
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"  # fp32, bf16 or fp16 (autocast); auto: bf16 on CUDA, fp32 on the CPU
     log_every: int = 25
     root: str | None = None
     download: bool = False
@@ -66,6 +71,8 @@ class AdaptConfig:
     resume: bool = False  # continue from the (interrupted) adapter file at out, optimizer and step included
 
     def validate(self) -> None:
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {self.precision!r}")
         for name in ("rank", "steps", "batch_size", "log_every", "lr_halve_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(self, name)}")
@@ -77,6 +84,12 @@ class AdaptConfig:
         if self.slct_lambda < 0:
             raise ValueError(f"selectivity lambda must be >= 0, not {self.slct_lambda}")
 
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> AdaptConfig:
+        """A stored adapt_config (an adapter's metadata); an older one's ``amp`` read as its precision."""
+        known = {f.name for f in fields(AdaptConfig)}
+        return AdaptConfig(**{**{k: v for k, v in d.items() if k in known}, "precision": precision_from_config(d)})
+
 
 def default_adapter_path(checkpoint: str | Path, dataset: str, rank: int) -> Path:
     """<checkpoint folder>/adapters/<stem>-<dataset>-r<rank>.pt, with ':' in the dataset name as '-'."""
@@ -86,9 +99,14 @@ def default_adapter_path(checkpoint: str | Path, dataset: str, rank: int) -> Pat
 
 def adapt(cfg: AdaptConfig, on_log: Callable[[TrainLog], None] | None = None) -> dict[str, Any]:
     """Run the adaptation ``cfg`` describes and write the adapter file. Returns the final training
-    metrics with the file's path and size, and the trainable and base parameter counts."""
+    metrics with the file's path and size, and the trainable and base parameter counts.
+
+    Setup: the frozen base, the new domain's episodes, adapters on the targets, their optimizer (and an
+    interrupted run's state); then the loop shared with meta-training; then the adapter file (with what
+    resuming needs when the run was stopped early)."""
     cfg.validate()
     device = resolve_device(cfg.device)
+    precision = training_precision(cfg.precision, device)
     base = load_checkpoint(cfg.checkpoint, device=device)
     learner = base.learner
     x_shape = tuple(learner.config.x_shape)
@@ -115,35 +133,34 @@ def adapt(cfg: AdaptConfig, on_log: Callable[[TrainLog], None] | None = None) ->
 
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     schedule = warmup_halving_schedule(optimizer, cfg.warmup_steps, cfg.lr_halve_every)
+    scaler = grad_scaler(precision, device)
     out = Path(cfg.out) if cfg.out else default_adapter_path(cfg.checkpoint, cfg.dataset, cfg.rank)
-    start_step = _resume(out, learner, base.sha256, targets, cfg, optimizer, schedule) if cfg.resume else 0
-    use_amp = cfg.amp and device.type == "cuda"
-    window, last_log = LogWindow(), None
-    learner.train()
-    done = start_step
-    for step in range(start_step, cfg.steps):
+    start_step = 0
+    if cfg.resume:
+        start_step = _resume(out, learner, base.sha256, targets, cfg, optimizer, schedule, scaler)
+    loop = LoopSetup(
+        model=learner, params=params, optimizer=optimizer, schedule=schedule, scaler=scaler, device=device,
+        precision=precision, start_step=start_step, steps=cfg.steps, batch_size=cfg.batch_size,
+        log_every=cfg.log_every, grad_clip=cfg.grad_clip, slct_lambda=cfg.slct_lambda,
+    )
+
+    def next_batch(step: int) -> Batch:
         specs = [spec.with_seed(episode_seed(cfg.seed, step, 0, 1, i, cfg.batch_size)) for i in range(cfg.batch_size)]
-        stats = meta_train_step(
-            learner, source.batch(specs), optimizer, schedule, params, cfg.slct_lambda, cfg.grad_clip, use_amp, table, step
-        )
-        window.add(stats)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            last_log = window.flush(step + 1, cfg.steps, cfg.batch_size, schedule.get_last_lr()[0])
-            if on_log is not None:
-                on_log(last_log)
-        done = step + 1
-        if done < cfg.steps and stop_requested():  # Ctrl-C / SIGTERM: save a resumable file below
-            break
+        return Batch(source.batch(specs), table)
+
+    learner.train()
+    result = run_loop(loop, next_batch, on_log=on_log)
     learner.eval()
 
-    final = asdict(last_log) if last_log else {}
+    done = result.done
+    final = asdict(result.last_log) if result.last_log else {}
     metadata = {
         "dataset": cfg.dataset, "split": "train", "steps": done, "episode_spec": spec.to_dict(),
-        "adapt_config": asdict(cfg), "trainable_parameters": trainable,
+        "adapt_config": {**asdict(cfg), "precision": precision}, "trainable_parameters": trainable,
         "base_parameters": base_parameters, "final_metrics": final,
     }
-    state = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "step": done}
-    save_adapter(out, learner, base, cfg.rank, cfg.alpha, targets, metadata, state if done < cfg.steps else None)
+    state = loop.training_state(done) if done < cfg.steps else None
+    save_adapter(out, learner, base, cfg.rank, cfg.alpha, targets, metadata, state)
     if done < cfg.steps:
         raise TrainingInterrupted(str(out), done)
     return {**final, "out": str(out), "bytes": out.stat().st_size, "trainable_parameters": trainable,
@@ -151,7 +168,8 @@ def adapt(cfg: AdaptConfig, on_log: Callable[[TrainLog], None] | None = None) ->
 
 
 def _resume(out: Path, learner: torch.nn.Module, base_sha256: str, targets: list[str], cfg: AdaptConfig,
-            optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler) -> int:
+            optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+            scaler: torch.amp.GradScaler) -> int:
     """Load an interrupted run's adapters, optimizer and schedule from ``out``; the step to continue from."""
     adapter = load_adapter(out)
     if adapter.base_sha256 != base_sha256 or adapter.targets != targets or adapter.rank != cfg.rank:
@@ -160,6 +178,4 @@ def _resume(out: Path, learner: torch.nn.Module, base_sha256: str, targets: list
     if not state:
         raise ValueError(f"cannot resume from {out}: it is a finished adapter (no training state)")
     load_lora_tensors(learner, adapter.tensors)
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    return load_training_state(state, optimizer, schedule, scaler)

@@ -19,6 +19,7 @@ from mclstudio.data import DataError, EpisodeSource, EpisodeSpec, get_source
 from mclstudio.learners.base import Learner
 from mclstudio.metrics import episode_accuracy, episode_mse, mean_ci95
 from mclstudio.precision import autocast
+from mclstudio.store.device import learner_device
 
 EVAL_SEED_BASE = 10_000_000
 
@@ -90,7 +91,7 @@ def evaluate_setting(
         source.episode(spec)
     except DataError as exc:
         return replace(row, skipped=str(exc))
-    device = next(learner.parameters()).device
+    device = learner_device(learner)
     learner.eval()
     scores: list[np.ndarray] = []
     start = time.perf_counter()
@@ -123,7 +124,7 @@ def evaluate_checkpoint(
     other domain (another dataset's meta-test classes)."""
     num_codes = None if learner.config.is_regression else learner.config.y_vocab
     base = trained_spec(metadata, num_codes)
-    device = next(learner.parameters()).device
+    device = learner_device(learner)
     results = []
     source = get_source(base.dataset, root=root, download=download).to(device)
     for setting in paper_settings(base, noise_levels):
@@ -189,7 +190,7 @@ def anytime_curve(
         source.episode(spec)
     except DataError as exc:
         return replace(curve, skipped=str(exc))
-    device = next(learner.parameters()).device
+    device = learner_device(learner)
     learner.eval()
     scores = np.zeros((episodes, spec.tasks))
     stream_end = np.cumsum(spec.task_shots)  # stream examples of the first k + 1 tasks
@@ -221,7 +222,7 @@ def evaluate_grid(
     label vocabulary cannot serve come back skipped), and the anytime curve of the ``anytime`` shape."""
     num_codes = None if learner.config.is_regression else learner.config.y_vocab
     base = trained_spec(metadata, num_codes)
-    device = next(learner.parameters()).device
+    device = learner_device(learner)
     source = get_source(base.dataset, root=root, download=download).to(device)
     cells = [evaluate_setting(learner, source, s, episodes, batch_size, precision) for s in grid_settings(base, tasks, shots)]
     curve_spec = replace(base, tasks=anytime[0], train_shots=anytime[1], shots=None)

@@ -9,8 +9,8 @@ from pathlib import Path
 from mclstudio.data.episodes import EpisodeSpec, parse_shots
 from mclstudio.precision import check_precision
 from mclstudio.recording.hdf5 import read_recording
-from mclstudio.training.adapters import load_learners
-from mclstudio.training.trainer import resolve_device
+from mclstudio.store.adapters import load_learners
+from mclstudio.store.device import resolve_device
 from mclstudio.tui.app import StudioApp
 from mclstudio.tui.feeds import LiveFeed, ReplayFeed
 

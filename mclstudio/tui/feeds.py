@@ -17,7 +17,7 @@ from mclstudio.data.sources import get_source
 from mclstudio.engine.stream import EngineConfig, EpisodeTrace, Snapshot, StreamEngine
 from mclstudio.recording.hdf5 import RecordedEpisode, Recording, RecordingError, RecordingWriter
 from mclstudio.recording.session import default_rows_queries, identity, learner_names, rebuild_episode
-from mclstudio.training.checkpoint import Checkpoint
+from mclstudio.store.checkpoint import Checkpoint
 
 
 @dataclass

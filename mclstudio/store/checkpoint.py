@@ -18,13 +18,13 @@ import torch
 
 import mclstudio
 from mclstudio.files import atomic_target
-from mclstudio.formatting import clip
+from mclstudio.formatting import clip, error_line
 from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import build_learner, config_from_dict
 
 FORMAT = "mclstudio-checkpoint"
 FORMAT_VERSION = 1
-ADAPTER_FORMAT = "mclstudio-adapter"  # adapter files (mclstudio.training.adapters)
+ADAPTER_FORMAT = "mclstudio-adapter"  # adapter files (mclstudio.store.adapters)
 
 
 class CheckpointError(Exception):
@@ -34,7 +34,7 @@ class CheckpointError(Exception):
 @dataclass
 class Checkpoint:
     """A loaded checkpoint. adapter_path / adapter_sha256: the adapter file applied on top of it, if any
-    (mclstudio.training.adapters.load_learners); its learner then holds the adapted weights."""
+    (mclstudio.store.adapters.load_learners); its learner then holds the adapted weights."""
 
     learner: Learner
     metadata: dict[str, Any]
@@ -77,7 +77,6 @@ def save_checkpoint(
 ) -> None:
     """Write learner + metadata (+ optimizer/scheduler/step for resuming) atomically to path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -85,9 +84,17 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in learner.state_dict().items()},
         "metadata": {**metadata, "mclstudio_version": mclstudio.__version__},
     }
+    write_payload(path, payload, training_state)
+
+
+def write_payload(path: Path, payload: dict[str, Any], training_state: dict[str, Any] | None = None) -> None:
+    """torch.save ``payload`` (plus ``training_state``, moved to the CPU, under "training_state") to
+    ``path`` atomically, making its folder: the one writer of checkpoints and adapter files. The temporary
+    file is removed on any failure (a full disk, Ctrl-C), leaving what was at ``path`` unchanged."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if training_state is not None:
-        payload["training_state"] = _to_cpu(training_state)
-    with atomic_target(path) as tmp:  # the temporary file is removed on any failure (a full disk, Ctrl-C)
+        payload = {**payload, "training_state": _to_cpu(training_state)}
+    with atomic_target(path) as tmp:
         torch.save(payload, tmp)
 
 
@@ -104,7 +111,7 @@ def read_safely(path: str | Path, what: str, device: str | torch.device = "cpu")
     try:
         raw = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = error_line(exc)
         raise CheckpointError(
             f"{path} needs arbitrary unpickling, which mclstudio refuses for safety ({clip(first, 120)})"
         ) from None
@@ -133,7 +140,7 @@ def load_checkpoint(
         learner = build_learner(config_from_dict(raw["config"]))
         learner.load_state_dict(raw["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = error_line(exc)
         raise CheckpointError(f"{path} does not match its learner config: {clip(first)}") from None
     learner.to(device).eval()
     return Checkpoint(

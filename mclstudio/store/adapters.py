@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 import mclstudio
-from mclstudio.files import atomic_target
 from mclstudio.formatting import clip
 from mclstudio.learners.base import Learner
 from mclstudio.learners.lora import (
@@ -32,16 +31,17 @@ from mclstudio.learners.lora import (
     lora_tensors,
     merge_lora,
 )
-from mclstudio.training.checkpoint import (
-    _to_cpu,
+from mclstudio.store.checkpoint import (
     ADAPTER_FORMAT,
     Checkpoint,
     CheckpointError,
     file_sha256,
     load_checkpoint,
     read_safely,
+    write_payload,
 )
-from mclstudio.training.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from mclstudio.store.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from mclstudio.store.device import learner_device
 
 ADAPTER_FORMAT_VERSION = 1
 
@@ -75,7 +75,6 @@ def save_adapter(path: str | Path, learner: Learner, base: Checkpoint, rank: int
     """Write the adapters carried by ``learner`` (parametrized, not merged) atomically to ``path``.
     ``training_state`` (optimizer, scheduler, step): what `adapt --resume` needs to continue."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": ADAPTER_FORMAT,
         "format_version": ADAPTER_FORMAT_VERSION,
@@ -87,10 +86,7 @@ def save_adapter(path: str | Path, learner: Learner, base: Checkpoint, rank: int
         "tensors": lora_tensors(learner),
         "metadata": {**metadata, "mclstudio_version": mclstudio.__version__},
     }
-    if training_state is not None:
-        payload["training_state"] = _to_cpu(training_state)
-    with atomic_target(path) as tmp:
-        torch.save(payload, tmp)
+    write_payload(path, payload, training_state)
     return path
 
 
@@ -127,7 +123,7 @@ def apply_adapter(ckpt: Checkpoint, adapter: Adapter) -> Checkpoint:
     if ckpt.adapter_path is not None:
         raise AdapterError(f"{ckpt.path} already has the adapter {ckpt.adapter_path}")
     learner = ckpt.learner
-    device = next(learner.parameters()).device
+    device = learner_device(learner)
     try:
         add_lora(learner, adapter.targets, adapter.rank, adapter.alpha)
         load_lora_tensors(learner, {k: v.to(device) for k, v in adapter.tensors.items()})
