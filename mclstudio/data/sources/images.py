@@ -159,4 +159,3 @@ def convert_channels(images: Tensor, channels: int | None) -> Tensor:
     if channels == 3 and images.shape[1] == 1:
         return images.repeat(1, 3, 1, 1)
     raise DataError(f"cannot convert {images.shape[1]}-channel images to {channels} channels")
-

@@ -76,4 +76,3 @@ class OmniglotMini(ImageSource):
             for split in SPLITS
         ]
         return f"{self.name}: {self.drawers} samples per class; " + ", ".join(parts)
-

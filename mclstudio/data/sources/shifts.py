@@ -41,4 +41,3 @@ def shifted_source(source: EpisodeSource, shift: str) -> ImageSource:
     shifted.name = f"{source.name}:{shift}"
     shifted.images = shifted_images(source.images.cpu(), shift).to(source.device)
     return shifted
-

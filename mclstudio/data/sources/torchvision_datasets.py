@@ -164,4 +164,3 @@ def _resize(images: Tensor, chunk: int = 4096) -> Tensor:
         )
         out.append(part.round_().clamp_(0, 255).to(torch.uint8))
     return torch.cat(out)
-

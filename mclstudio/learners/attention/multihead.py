@@ -70,7 +70,6 @@ class Attention(nn.Module, ABC):
         (B, Q, state.length). The state is unchanged."""
 
 
-
 def stream_rows(w_stream: Tensor) -> Tensor:
     """(B, H, Q, L) attention weights of queries on the stream (their weight on themselves left out)
     -> (B, Q, L): averaged over heads and renormalised to sum 1 over the stream, in at least float32
