@@ -86,7 +86,8 @@ def test_bad_query_end_is_refused():
 
 
 # ---- the training side ------------------------------------------------------------------------------
-from mclstudio.training.anytime import anytime_generator, sample_query_end, task_boundaries  # noqa: E402
+from mclstudio.data.layout import task_boundaries  # noqa: E402
+from mclstudio.training.anytime import anytime_generator, sample_query_end  # noqa: E402
 from mclstudio.training.losses import selectivity_kl, selectivity_targets  # noqa: E402
 from mclstudio.training.trainer import TrainConfig  # noqa: E402
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mclstudio.data import OMNIGLOT_MINI_SPLITS, DataError, Episode, EpisodeSpec, get_source
-from mclstudio.data.sources import OmniglotMini, SineSource, TorchvisionSource, _load_pool
+from mclstudio.data.sources import OmniglotMini, SineSource, TorchvisionSource
+from mclstudio.data.sources.torchvision_datasets import _load_pool
 
 ASSET = Path(__file__).resolve().parents[1] / "mclstudio" / "data" / "assets" / "omniglot_mini.npz"
 

@@ -16,9 +16,9 @@ from mclstudio.learners.scan import (
     mamba_transition,
     scan_with_state_probes,
     selective_scan_reference,
-    selective_step,
 )
 from mclstudio.training.losses import selectivity_kl
+from learner_helpers import selective_step
 from test_training_paths import ungated_loop
 
 D64 = torch.float64

@@ -9,12 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mclstudio.learners.hidden_attention import hidden_attention_matrix
 from mclstudio.learners.longhorn import LonghornConfig, LonghornLearner, LonghornMixer, longhorn_transition
 from mclstudio.learners.mamba import MambaConfig, MambaLearner, MambaMixer
 from mclstudio.learners.ssm import SSMLearner
-from mclstudio.learners.scan import diagonal_scan, mamba_transition, selective_scan_reference, selective_step
-from learner_helpers import inputs, stream_recurrently
+from mclstudio.learners.scan import diagonal_scan, mamba_transition, selective_scan_reference
+from learner_helpers import hidden_attention_matrix, inputs, selective_step, stream_recurrently
 
 
 SSM_LEARNERS = {"mamba": (MambaLearner, MambaConfig), "longhorn": (LonghornLearner, LonghornConfig)}

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mclstudio.data.episodes import Episode
+from mclstudio.data.layout import same_task_tokens, task_ends
 from mclstudio.learners.base import Learner, State
 from mclstudio.metrics import forgetting, mean_forgetting, per_task_accuracy
 from mclstudio.precision import autocast, check_precision
@@ -103,8 +104,7 @@ class Snapshot:
 def same_class_pattern(stream_task: Tensor, query_task: Tensor) -> np.ndarray:
     """stream_task (n,) task of each example read, query_task (R,) -> (R, 2n) float32:
     1 where token t (x and y interleaved, example t // 2) belongs to the query's task, else 0."""
-    token_task = stream_task.repeat_interleave(2)  # (2n,)
-    return (token_task[None, :] == query_task[:, None]).float().cpu().numpy()
+    return same_task_tokens(stream_task, query_task).float().cpu().numpy()
 
 
 class StreamEngine:
@@ -141,8 +141,7 @@ class StreamEngine:
         self.tasks = episode.tasks
         self.num_examples = episode.stream_x.shape[1]
         # The last stream example of each task: where a row of the accuracy matrix is filled.
-        st = self.episode.stream_task
-        self._task_end = torch.cat([st[1:] != st[:-1], torch.ones(1, dtype=torch.bool, device=st.device)]).tolist()
+        self._task_end = task_ends(self.episode.stream_task).tolist()
         self._rows_index = torch.tensor(self.config.rows_queries, dtype=torch.long, device=device)
 
     def __iter__(self) -> Iterator[list[Snapshot]]:

@@ -52,20 +52,3 @@ def normalised_rows(alpha: Tensor) -> Tensor:
     to 1 over the stream."""
     weight = alpha.abs()
     return weight / (weight.sum(-1, keepdim=True) + ROW_EPS)
-
-
-def hidden_attention_matrix(move: Transition, C: Tensor) -> Tensor:
-    """The full channel-averaged hidden attention of a sequence, for pictures and for checking.
-
-    move: the sequence's Transition with time second (see ``stream_keys``); C: (batch, L, N).
-    Returns (batch, L, L): mean_d alpha[i, j][d] for j <= i, zero above the diagonal (signed, not
-    normalised). Memory is O(L^2 * d_inner * N): meant for short sequences.
-    """
-    S = torch.cumsum(move.log_decay, dim=1)  # (batch, L, d, N)
-    L = S.shape[1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=S.device).tril()
-    # exp(S_i - S_j) for j <= i; masked before exp so the upper triangle cannot overflow.
-    diff = S.unsqueeze(2) - S.unsqueeze(1)  # (batch, i, j, d, N)
-    diff = diff.masked_fill(~causal[None, :, :, None, None], float("-inf"))
-    drive = move.rate.unsqueeze(-1) * move.key.unsqueeze(-2)  # (batch, j, d, N)
-    return torch.einsum("bin,bijdn,bjdn->bij", C, torch.exp(diff), drive) / S.shape[2]

@@ -371,10 +371,3 @@ def query_weights(C: Tensor, log_decay: Tensor) -> Tensor:
     """G = C exp(log_decay): how much a query reads of each state entry, (..., d_inner, N); also the
     query side of the hidden attention. C: (..., N); log_decay: (..., d_inner, N)."""
     return widen(C).unsqueeze(-2) * torch.exp(log_decay)
-
-
-def selective_step(
-    state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor
-) -> tuple[Tensor, Tensor]:
-    """One token of Mamba's scan (delta already softplus-ed); ``diagonal_step`` with Mamba's transition."""
-    return diagonal_step(state, u, z, C, D, mamba_transition(delta, A, B))

@@ -27,6 +27,7 @@ import mclstudio
 from mclstudio.files import atomic_target
 from mclstudio.formatting import clip, error_line
 from mclstudio.data.episodes import Episode, EpisodeSpec
+from mclstudio.data.layout import same_task_tokens
 from mclstudio.engine.stream import EngineConfig, EpisodeTrace
 
 FORMAT = "mclstudio-recording"
@@ -203,10 +204,8 @@ def _write_episode(
         g.create_dataset(key, data=tensor.cpu().numpy().astype(np.int64))
     rows_index = np.asarray(config.rows_queries, dtype=np.int64)
     g.create_dataset("rows_query_index", data=rows_index)
-    token_task = np.repeat(episode.stream_task.cpu().numpy(), 2)
-    query_task = episode.query_task.cpu().numpy()[rows_index]
-    g.create_dataset("same_class", data=(token_task[None, :] == query_task[:, None]).astype(np.uint8),
-                     compression="gzip")
+    same_class = same_task_tokens(episode.stream_task.cpu(), episode.query_task.cpu()[rows_index.tolist()])
+    g.create_dataset("same_class", data=same_class.numpy().astype(np.uint8), compression="gzip")
     packed = dict(compression="gzip", shuffle=True)
     for ident in learners:
         tr = traces[ident.name]

@@ -10,15 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mclstudio.data.layout import task_boundaries
+
 OBJECTIVES = ("anytime", "end")
-
-
-def task_boundaries(stream_task: Tensor) -> Tensor:
-    """(K,) int64 increasing pair counts at which a task of the stream ends (the last is N).
-    stream_task: (N,) task index of each stream pair, tasks contiguous (task-major order)."""
-    n = stream_task.shape[0]
-    changes = torch.nonzero(stream_task[1:] != stream_task[:-1]).flatten() + 1
-    return torch.cat([changes, torch.tensor([n], device=stream_task.device)]).long()
 
 
 def sample_query_end(stream_task: Tensor, query_task: Tensor, generator: torch.Generator) -> Tensor:

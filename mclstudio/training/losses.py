@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mclstudio.data.layout import same_task_tokens
+
 KL_EPS = 1e-8
 
 
@@ -21,10 +23,9 @@ def selectivity_targets(stream_task: Tensor, query_task: Tensor, query_end: Tens
 
     stream_task (N,), query_task (Q,) task indices; one task is one class, so same task = same label.
     query_end: None, or (Q,) pair counts: query q's target covers only the first query_end[q] pairs."""
-    token_task = stream_task.repeat_interleave(2)  # x1, y1, x2, y2, ... share their pair's task
-    same = query_task[:, None] == token_task[None, :]
+    same = same_task_tokens(stream_task, query_task)  # x1, y1, x2, y2, ... share their pair's task
     if query_end is not None:
-        same = same & (torch.arange(token_task.shape[0], device=same.device)[None, :] < 2 * query_end[:, None])
+        same = same & (torch.arange(same.shape[1], device=same.device)[None, :] < 2 * query_end[:, None])
     same = same.float()
     return same / same.sum(-1, keepdim=True).clamp(min=1)
 

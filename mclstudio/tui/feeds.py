@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mclstudio.data.episodes import Episode, EpisodeSpec
+from mclstudio.data.layout import task_ends, task_starts
 from mclstudio.data.sources import get_source
 from mclstudio.engine.stream import EngineConfig, EpisodeTrace, Snapshot, StreamEngine
 from mclstudio.recording.hdf5 import RecordedEpisode, Recording, RecordingError, RecordingWriter
@@ -44,10 +46,6 @@ class Frame:
 def _image(x: np.ndarray) -> np.ndarray:
     """(C, H, W) or (H, W) -> (H, W) grey: the mean over channels."""
     return x.mean(axis=0) if x.ndim == 3 else x
-
-
-def _task_starts(stream_task: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(np.r_[True, stream_task[1:] != stream_task[:-1]])
 
 
 class LiveFeed:
@@ -91,7 +89,7 @@ class LiveFeed:
             labels = episode.stream_y[0].cpu().numpy()
             stream_task = episode.stream_task.cpu().numpy()
             rows_task = episode.query_task.cpu().numpy()[list(self.config.rows_queries)]
-            starts = _task_starts(stream_task)
+            starts = task_starts(episode.stream_task).cpu().numpy()
             for snaps in engine:
                 for s in snaps:
                     self.traces[s.learner].add(s)
@@ -140,20 +138,21 @@ class ReplayFeed:
         except Exception:  # noqa: BLE001 - any failure just means no picture
             pass
         n = len(rec.stream_task)
-        starts = _task_starts(rec.stream_task)
+        starts = task_starts(torch.as_tensor(rec.stream_task)).numpy()
+        ends = task_ends(torch.as_tensor(rec.stream_task)).tolist()
         rows_task = rec.query_task[rec.rows_query_index]
         # the label code of each stream example: the code of its task
         codes = rec.codes[rec.stream_task] if labels is None else labels
         for i in range(n):
-            snaps = [self._snapshot(name, rec, i) for name in self.names]
+            snaps = [self._snapshot(name, rec, i, ends[i]) for name in self.names]
             yield Frame(rec.index, i, n, len(rec.codes), int(rec.stream_task[i]), int(codes[i]), snaps,
                         None if images is None else _image(images[i]), rows_task, starts, episode_done=i == n - 1)
 
     @staticmethod
-    def _snapshot(name: str, rec: RecordedEpisode, i: int) -> Snapshot:
+    def _snapshot(name: str, rec: RecordedEpisode, i: int, task_end: bool) -> Snapshot:
+        """Learner ``name``'s snapshot after stream example i (task_end: i is the last of its task)."""
         tr = rec.traces[name]
         task = int(rec.stream_task[i])
-        task_end = i == len(rec.stream_task) - 1 or rec.stream_task[i + 1] != task
         # the accuracy matrix as it stood after step i: rows of the tasks finished so far
         done = task + 1 if task_end else task
         matrix = np.full_like(tr.accuracy_matrix, np.nan, dtype=np.float64)

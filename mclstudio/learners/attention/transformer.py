@@ -1,0 +1,19 @@
+"""The Transformer (Lee et al.'s strongest baseline): the stack with softmax attention."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from mclstudio.learners.attention.multihead import Attention
+from mclstudio.learners.attention.softmax import SoftmaxAttention
+from mclstudio.learners.attention.stack import AttentionLearner, TransformerConfig
+from mclstudio.learners.base import LearnerConfig
+
+
+class TransformerLearner(AttentionLearner):
+    """Softmax Transformer (Lee et al.'s strongest baseline); its state grows with the stream."""
+
+    config_class: ClassVar[type[LearnerConfig]] = TransformerConfig
+
+    def _make_attention(self, config: TransformerConfig) -> Attention:
+        return SoftmaxAttention(config.d_model, config.n_heads)
