@@ -29,7 +29,7 @@ from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.recording.hdf5 import RecordingWriter
 from mclstudio.training.adapters import load_learners
 from mclstudio.training.checkpoint import Checkpoint
-from mclstudio.tui.feeds import Frame, LiveFeed, ReplayFeed
+from mclstudio.recording.playback import Frame, LiveFeed, ReplayFeed
 from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
 from mclstudio.tui.widgets import (AccuracyPanel, AssociationMap, ExampleView, MatrixHeatmap, NormsPanel, StatsPanel,
                                   association_kind)

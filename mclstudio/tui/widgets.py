@@ -16,7 +16,7 @@ from textual.widget import Widget
 
 from mclstudio.engine.stream import Snapshot
 from mclstudio.formatting import format_bytes
-from mclstudio.tui.feeds import Frame
+from mclstudio.recording.playback import Frame
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
