@@ -26,7 +26,7 @@ from mclstudio.recording.playback import Frame
 BLOCKS = "▁▂▃▄▅▆▇█"
 
 
-@dataclass(eq=False)  # compared by identity: a new View is a new redraw
+@dataclass(frozen=True, eq=False)  # compared by identity: a new View is a new redraw
 class View:
     """What the live panels draw at one redraw: the newest frame and the history the live screen kept.
 
