@@ -179,9 +179,10 @@ async def measure(checkpoints: list[str], seconds: float, device: str = "auto") 
     app = build_open_app(checkpoints, device=device, record_dir="/tmp")
     stamps: list[float] = []
     shown: list[tuple | None] = []  # per screen update of the live view: the frame it showed
-    redraw, display = app.redraw, app._display
+    live = app.live  # the live screen: its redraw timer and counters
+    redraw, display = live.redraw, app._display
 
-    def timed_redraw() -> None:  # wraps the app's timer callback to time its ticks
+    def timed_redraw() -> None:  # wraps the live screen's timer callback to time its ticks
         stamps.append(time.perf_counter())
         redraw()
 
@@ -189,9 +190,9 @@ async def measure(checkpoints: list[str], seconds: float, device: str = "auto") 
         display(screen, renderable)
         if renderable is not None and isinstance(screen, LiveScreen):
             renderable.render_segments(app.console)  # the terminal encoding headless mode skips
-            shown.append(app.frame_on_screen)
+            shown.append(live.frame_on_screen)
 
-    app.redraw = timed_redraw  # type: ignore[method-assign]
+    live.redraw = timed_redraw  # type: ignore[method-assign]
     app._display = counted_display  # type: ignore[method-assign]
     async with app.run_test(size=(160, 50)) as pilot:
         await start_live(pilot)
@@ -199,7 +200,7 @@ async def measure(checkpoints: list[str], seconds: float, device: str = "auto") 
             await pilot.press("plus")  # to max speed
         await pilot.press("space")
         await wait_until(pilot, lambda: app.frames_received >= 2)  # warm-up: first steps initialise lazily
-        t0, ticks0, drawn0, got0 = time.perf_counter(), app.ticks, app.frames_drawn, app.frames_received
+        t0, ticks0, drawn0, got0 = time.perf_counter(), live.ticks, live.frames_drawn, live.frames_received
         busy0, own0, ui0 = *cpu_seconds(), time.thread_time()  # this coroutine runs on the UI thread
         first, first_shown = len(stamps), len(shown)
         while time.perf_counter() - t0 < seconds:
@@ -214,12 +215,12 @@ async def measure(checkpoints: list[str], seconds: float, device: str = "auto") 
             "seconds": round(dt, 2),
             "new_data_screen_updates_per_s": round(new_data / dt, 1),
             "screen_updates_per_s": round(len(updates) / dt, 1),
-            "redraw_ticks_per_s": round((app.ticks - ticks0) / dt, 1),
-            "panel_updates_per_s": round((app.frames_drawn - drawn0) / dt, 1),
-            "model_steps_per_s": round((app.frames_received - got0) / dt, 1),
+            "redraw_ticks_per_s": round((live.ticks - ticks0) / dt, 1),
+            "panel_updates_per_s": round((live.frames_drawn - drawn0) / dt, 1),
+            "model_steps_per_s": round((live.frames_received - got0) / dt, 1),
             "tick_interval_ms_median": round(statistics.median(gaps), 1),
             "tick_interval_ms_p95": round(gaps[int(0.95 * (len(gaps) - 1))], 1),
-            "worker_torch_threads": app.worker_threads,
+            "worker_torch_threads": app.player.worker_threads,
             "this_process_cores": round((own1 - own0) / dt, 2),
             "ui_thread_cores": round((ui1 - ui0) / dt, 2),
             "other_processes_cores": round(max(0.0, (busy1 - busy0) - (own1 - own0)) / dt, 2),

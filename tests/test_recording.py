@@ -200,3 +200,33 @@ def test_bad_files_get_one_error_line(session, capsys, tmp_path):
     assert "missing" in line and "mamba.pt" in line
     with pytest.raises(RecordingError):
         read_recording(text)
+
+
+def test_replay_csv_rows_known_values():
+    """Two tasks: row 1 of the matrix is [1.0, nan] (after task 1), row 2 is [0.5, 1.0]: accuracy on the
+    tasks seen 1.0 then 0.75; task 1 fell from 1.0 to 0.5, so the episode's forgetting is 0.5; the median
+    of latencies 1, 2, 4 ms is 2 ms; the last state is 300 bytes."""
+    from mclstudio.engine.stream import EpisodeTrace
+    from mclstudio.recording.session import REPLAY_CSV_HEADER, replay_csv_rows
+
+    trace = EpisodeTrace("m", 3, 4, 2, accuracy=np.full(3, np.nan), state_bytes=np.array([100, 200, 300]),
+                         latency_s=np.array([0.001, 0.004, 0.002]), layer_norms=np.zeros((3, 1)),
+                         accuracy_matrix=np.array([[1.0, np.nan], [0.5, 1.0]]))
+    rows = replay_csv_rows({"m": [trace]}, [7])
+    assert len(REPLAY_CSV_HEADER) == 7
+    assert rows == [["m", 7, 1, "1.000000", "0.500000", 300, "2.0000"],
+                    ["m", 7, 2, "0.750000", "0.500000", 300, "2.0000"]]
+
+
+def test_rerun_with_names_a_taken_learner_and_reproduces_its_recording(session):
+    """The recorded mamba re-run under a name already taken: "mamba (with)"; with the same checkpoint and
+    the recording's settings it predicts exactly what was recorded."""
+    from mclstudio.recording.session import rerun_with
+
+    d, ckpts, path = session
+    rec = read_recording(path)
+    [(name, traces, source)] = rerun_with(rec, [load_checkpoint(ckpts[0])], ["mamba", "transformer"])
+    assert (name, source) == ("mamba (with)", "with mamba.pt")
+    assert len(traces) == 2
+    for ep, trace in zip(rec.episodes, traces):
+        assert (trace.predictions_array() == np.stack(ep.traces["mamba"].predictions)).all()

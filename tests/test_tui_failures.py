@@ -13,7 +13,7 @@ import pytest
 
 from mclstudio.tui.app import StudioApp
 from mclstudio.tui.cli import build_open_app
-from mclstudio.tui.feeds import LiveFeed
+from mclstudio.recording.playback import LiveFeed
 from mclstudio.tui.headless import settle, start_live, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

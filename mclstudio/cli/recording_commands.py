@@ -142,20 +142,15 @@ def _replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool
         replay_studio(recording)
         return
     from mclstudio.recording.hdf5 import read_recording
-    from mclstudio.recording.session import recording_summary, rerun, summarize, verify
+    from mclstudio.recording.session import recording_summary, rerun_with, summarize, verify
     from mclstudio.store.adapters import load_learners
 
     rec = read_recording(recording)
     rows = recording_summary(rec)
     traces_by_learner = {ident.name: [ep.traces[ident.name] for ep in rec.episodes] for ident in rec.learners}
-    for ckpt in load_learners(others, adapters):
-        name = ckpt.name
-        while name in traces_by_learner:
-            name = f"{name} (with)"
-        traces = [t[name] for t in rerun(rec, [(name, ckpt.learner)])]
+    for name, traces, source in rerun_with(rec, load_learners(others, adapters), list(traces_by_learner)):
         traces_by_learner[name] = traces
-        source = ckpt.path.name if ckpt.adapter_path is None else f"{ckpt.path.name} + {ckpt.adapter_path.name}"
-        rows.append(summarize(name, traces, f"with {source}"))
+        rows.append(summarize(name, traces, source))
 
     report = verify(rec) if do_verify else None
     if csv_path:
@@ -187,23 +182,13 @@ def _replay(recording: str, as_json: bool, csv_path: str | None, do_verify: bool
 
 
 def _write_csv(path: Path, traces_by_learner: dict[str, list[Any]], episodes: list[int]) -> None:
-    """One row per learner, episode and tasks learned: accuracy on the tasks seen (mean of the accuracy
-    matrix row), with the episode's final forgetting, final state bytes and median step latency."""
-    import numpy as np
-
-    from mclstudio.metrics import mean_forgetting, seen_task_accuracy
+    """The rows of recording.session.replay_csv_rows, written atomically."""
+    from mclstudio.recording.session import REPLAY_CSV_HEADER, replay_csv_rows
 
     with atomic_target(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["learner", "episode", "tasks_learned", "accuracy", "episode_forgetting", "final_state_bytes",
-                    "median_step_latency_ms"])
-        for name, traces in traces_by_learner.items():
-            for index, tr in zip(episodes, traces):
-                curve = seen_task_accuracy(tr.accuracy_matrix)
-                fg = mean_forgetting(tr.accuracy_matrix)
-                for k, acc in enumerate(curve):
-                    w.writerow([name, index, k + 1, f"{acc:.6f}", f"{fg:.6f}", int(tr.state_bytes[-1]),
-                                f"{float(np.median(tr.latency_s)) * 1e3:.4f}"])
+        w.writerow(REPLAY_CSV_HEADER)
+        w.writerows(replay_csv_rows(traces_by_learner, episodes))
 
 
 def _print_table(rec: Any, rows: list[dict[str, Any]]) -> None:

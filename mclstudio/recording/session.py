@@ -91,6 +91,24 @@ def rerun(recording: Recording, learners: list[tuple[str, Learner]]) -> list[dic
     return [run_episode(learners, rebuild_episode(ep), recording.engine_config) for ep in recording.episodes]
 
 
+def rerun_with(recording: Recording, checkpoints: list[Checkpoint],
+               taken: list[str]) -> list[tuple[str, list[EpisodeTrace], str]]:
+    """``mclstudio replay --with``: stream the recorded episodes through each other checkpoint, with the
+    recording's engine settings. A name already taken (a recorded learner's, or an earlier one's here)
+    gets " (with)" appended until it is free. Returns (name, traces per episode, source) per checkpoint;
+    source names the checkpoint file, and its adapter when one is applied."""
+    names, out = list(taken), []
+    for ckpt in checkpoints:
+        name = ckpt.name
+        while name in names:
+            name = f"{name} (with)"
+        names.append(name)
+        traces = [t[name] for t in rerun(recording, [(name, ckpt.learner)])]
+        source = ckpt.path.name if ckpt.adapter_path is None else f"{ckpt.path.name} + {ckpt.adapter_path.name}"
+        out.append((name, traces, f"with {source}"))
+    return out
+
+
 def resolve_checkpoint(recorded: str, recording_path: Path, what: str = "checkpoint") -> Path:
     """A recorded checkpoint (or adapter) path as given, else relative to the recording's folder and its
     parent."""
@@ -180,3 +198,23 @@ def recording_summary(recording: Recording) -> list[dict[str, Any]]:
         summarize(ident.name, [ep.traces[ident.name] for ep in recording.episodes], f"rec {Path(ident.checkpoint_path).name}")
         for ident in recording.learners
     ]
+
+
+REPLAY_CSV_HEADER = ["learner", "episode", "tasks_learned", "accuracy", "episode_forgetting", "final_state_bytes",
+                     "median_step_latency_ms"]
+
+
+def replay_csv_rows(traces_by_learner: dict[str, list[EpisodeTrace]], episodes: list[int]) -> list[list[Any]]:
+    """The rows of ``mclstudio replay --csv`` (columns REPLAY_CSV_HEADER): one per learner, episode and
+    tasks learned: accuracy on the tasks seen (mean of the accuracy matrix row), with the episode's final
+    forgetting, final state bytes and median step latency. traces_by_learner: learner -> one trace per
+    episode, in the order of ``episodes`` (the recorded episode indices)."""
+    rows: list[list[Any]] = []
+    for name, traces in traces_by_learner.items():
+        for index, tr in zip(episodes, traces):
+            curve = seen_task_accuracy(tr.accuracy_matrix)
+            fg = mean_forgetting(tr.accuracy_matrix)
+            latency_ms = float(np.median(tr.latency_s)) * 1e3
+            rows.extend([name, index, k + 1, f"{acc:.6f}", f"{fg:.6f}", int(tr.state_bytes[-1]), f"{latency_ms:.4f}"]
+                        for k, acc in enumerate(curve))
+    return rows

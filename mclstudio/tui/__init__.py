@@ -1,9 +1,11 @@
 """The studio: a Textual app for watching meta-continual learners learn in context, live or replayed.
 
-Layering: this package imports from data, learners, engine, recording and training only.
+Layering: this package imports from data, engine, recording (its feeds: recording.playback) and the
+model store only; nothing below imports it. Reading order: app (the feed's lifecycle, global actions),
+messages, player (controls and the worker's loop), screens (picker, live, help), widgets (the panels),
+palette, exports.
 """
 
 from mclstudio.tui.app import StudioApp
-from mclstudio.tui.feeds import Frame, LiveFeed, ReplayFeed
 
-__all__ = ["StudioApp", "Frame", "LiveFeed", "ReplayFeed"]
+__all__ = ["StudioApp"]

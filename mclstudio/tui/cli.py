@@ -12,7 +12,7 @@ from mclstudio.recording.hdf5 import read_recording
 from mclstudio.store.adapters import load_learners
 from mclstudio.store.device import resolve_device
 from mclstudio.tui.app import StudioApp
-from mclstudio.tui.feeds import LiveFeed, ReplayFeed
+from mclstudio.recording.playback import LiveFeed, ReplayFeed
 
 
 def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omniglot-mini", split: str = "test",

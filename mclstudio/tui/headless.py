@@ -32,7 +32,7 @@ async def settle(pilot: Pilot, frames: int, timeout: float = 30.0) -> None:
     """Wait for ``frames`` frames from the worker and for the redraw that shows the last one."""
     app = pilot.app
     await wait_until(pilot, lambda: app.frames_received >= frames, timeout)  # type: ignore[attr-defined]
-    await wait_until(pilot, lambda: not app.dirty, timeout)  # type: ignore[attr-defined]
+    await wait_until(pilot, lambda: not app.live.dirty, timeout)  # type: ignore[attr-defined]
     await pilot.pause()
 
 

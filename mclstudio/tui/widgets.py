@@ -1,8 +1,12 @@
 """Small widgets of the studio. Each one draws plain data handed to it (numpy arrays, numbers); none of
-them touches a model. Rendering is done into StyledLines (segments per line) so that it stays deterministic for snapshots."""
+them touches a model. Rendering is done into StyledLines (segments per line) so that it stays deterministic for snapshots.
+
+The live panels (FramePanel) take a reactive ``view``, bound to the live screen's: each new View (the
+newest frame and what the screen kept of the frames before it) makes every panel draw its part."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -11,14 +15,38 @@ from rich.color import Color
 from rich.style import Style
 from rich.segment import Segment
 from textual.geometry import Region
+from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
 from mclstudio.engine.stream import Snapshot
 from mclstudio.formatting import format_bytes
-from mclstudio.tui.feeds import Frame
+from mclstudio.recording.playback import Frame
 
 BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: a new View is a new redraw
+class View:
+    """What the live panels draw at one redraw: the newest frame and the history the live screen kept.
+
+    history: learner -> running accuracy per step (NaN where not evaluated); norms: learner -> one
+    (n_layers,) array of state norms per step; maps: learner -> its newest association rows
+    (n_layers, R, 2N), same-class marks (R, 2N) and the step they were computed at; models: learner ->
+    its model ("mamba", ...). layout: bumped when the screen changes size or layout (every panel draws
+    again).
+    """
+
+    frame: Frame
+    history: dict[str, list[float]]
+    norms: dict[str, list[np.ndarray]]
+    maps: dict[str, tuple[np.ndarray, np.ndarray, int]]
+    models: dict[str, str]
+    selected: str  # the learner the matrix and norms panels show
+    query_row: int  # the association map's query (any integer: taken modulo the queries)
+    compact: bool
+    show_timing: bool
+    layout: int = 0
 
 
 def grey(v: float) -> str:
@@ -176,8 +204,24 @@ class TextLines(Widget):
         return lines[y] if y < len(lines) else Strip.blank(width, style)
 
 
-class ExampleView(TextLines):
+class FramePanel(TextLines):
+    """A live panel: draws each new ``view`` (bound to the live screen's reactive view) with ``draw``."""
+
+    view: reactive[View | None] = reactive(None, repaint=False, init=False)  # update() repaints
+
+    def watch_view(self, view: View | None) -> None:
+        if view is not None:
+            self.draw(view)
+
+    def draw(self, view: View) -> None:
+        raise NotImplementedError
+
+
+class ExampleView(FramePanel):
     """The example just read: its image in half-blocks, its task and label."""
+
+    def draw(self, view: View) -> None:
+        self.show(view.frame)
 
     def show(self, frame: Frame) -> None:
         text = StyledLines()
@@ -216,13 +260,16 @@ def accuracy_text(history: list[float]) -> str:
     return "  -  " if np.isnan(last) else f"{100 * last:5.1f}%"
 
 
-class AccuracyPanel(TextLines):
+class AccuracyPanel(FramePanel):
     """Per learner: running accuracy on the tasks seen (value and curve over steps), mean forgetting,
     and per-task accuracy after the last finished task as a row of coloured bars. The curves take the
     panel's width and, on a tall panel, up to four lines each.
 
     Compact (a small terminal): one line per learner with accuracy, forgetting, state memory and as
     much of the curve as fits."""
+
+    def draw(self, view: View) -> None:
+        self.show(view.frame, view.history, compact=view.compact)
 
     def show(self, frame: Frame, history: dict[str, list[float]], compact: bool = False) -> None:
         width, height = max(self.size.width, 20), self.size.height
@@ -273,8 +320,18 @@ class AccuracyPanel(TextLines):
         return text
 
 
-class MatrixHeatmap(TextLines):
+class MatrixHeatmap(FramePanel):
     """The accuracy matrix A[k, j] (accuracy on task j after learning k + 1 tasks) as coloured cells."""
+
+    _drawn: tuple = ()
+
+    def draw(self, view: View) -> None:
+        """Only when the matrix changed (it changes at task ends), the learner shown or the layout."""
+        snap = next(s for s in view.frame.snapshots if s.learner == view.selected)
+        key = (view.frame.episode, view.selected, int((~np.isnan(snap.accuracy_matrix)).sum()), view.layout)
+        if key != self._drawn:
+            self.show(view.frame, view.selected)
+            self._drawn = key
 
     def show(self, frame: Frame, learner: str) -> None:
         snap = next(s for s in frame.snapshots if s.learner == learner)
@@ -294,9 +351,12 @@ class MatrixHeatmap(TextLines):
         self.update(text)
 
 
-class StatsPanel(TextLines):
+class StatsPanel(FramePanel):
     """State memory and step latency of every learner, one line each when the panel is wide enough.
     Latency can be hidden (deterministic snapshots)."""
+
+    def draw(self, view: View) -> None:
+        self.show(view.frame, view.show_timing)
 
     def show(self, frame: Frame, show_timing: bool = True) -> None:
         text = StyledLines()
@@ -310,8 +370,11 @@ class StatsPanel(TextLines):
         self.update(text)
 
 
-class NormsPanel(TextLines):
+class NormsPanel(FramePanel):
     """Hidden-state norm per layer over the steps, as one sparkline per layer (scaled per layer)."""
+
+    def draw(self, view: View) -> None:
+        self.show(view.selected, view.norms.get(view.selected, []))
 
     def show(self, learner: str, norms: list[np.ndarray]) -> None:
         width = max(self.size.width - 13, 10)  # " L0 " + the curve + " 1234.56"
@@ -347,10 +410,29 @@ def map_legend() -> StyledLines:
     return text
 
 
-class AssociationMap(TextLines):
+class AssociationMap(FramePanel):
     """For one query: each learner's association row (Mamba's hidden attention, the Transformer's
     attention) over the past tokens, last layer, binned to the panel width. Below each row, '|' marks
     a task boundary and '^' the true same-class tokens (the query's task). A legend line ends it."""
+
+    _drawn: tuple = ()
+
+    def draw(self, view: View) -> None:
+        """Only when a map, the query or the layout changed (maps are computed at task ends). Mamba's hidden
+        attention next to the Transformer's attention when both are loaded; else the first two learners."""
+        f = view.frame
+        key = (f.episode, view.query_row, tuple((n, m[2]) for n, m in view.maps.items()), view.layout)
+        if key == self._drawn:
+            return
+        self._drawn = key
+        names = [s.learner for s in f.snapshots if s.learner in view.maps]
+        preferred = [n for n in names if view.models.get(n) in ("mamba", "transformer")]
+        shown = {n: view.maps[n] for n in (preferred or names)[:2]}
+        kinds = {n: association_kind(view.models.get(n, "")) for n in shown}
+        q = view.query_row % max(len(f.rows_query_task), 1)
+        qtask = int(f.rows_query_task[q]) if len(f.rows_query_task) else 0
+        self.show(q, shown, f.task_starts, qtask, len(f.rows_query_task), max(self.size.width - 2, 20), kinds,
+                  fill_height=view.compact)
 
     def show(self, query: int, maps: dict[str, tuple[np.ndarray, np.ndarray, int]], task_starts: np.ndarray,
              query_task: int, n_queries: int = 1, width: int = 100, kinds: dict[str, str] | None = None,

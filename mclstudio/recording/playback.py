@@ -1,7 +1,8 @@
-"""Where the studio's frames come from: live learners streaming an episode, or a recording replayed.
+"""Playback: frames of a stream, from live learners (LiveFeed) or from a recording (ReplayFeed).
 
-A feed is plain Python with no Textual in it: the app's thread worker pulls :class:`Frame` objects from
-``feed.frames()`` and posts them to the UI. Keeping this layer UI-free makes it testable on its own.
+A replay is the inverse of the recorder's trace: ReplayFeed rebuilds, step by step, the Snapshots that
+``EpisodeTrace`` stored. A feed is plain Python, no UI: the studio's worker thread pulls :class:`Frame`
+objects from ``feed.frames()`` and posts them to the screen, and tests can drive a feed on its own.
 """
 
 from __future__ import annotations
