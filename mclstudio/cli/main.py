@@ -18,11 +18,11 @@ from typing import Any
 import click
 
 from mclstudio import __version__
-from mclstudio.cli.errors import ERROR_TYPES
+from mclstudio.choices import LEARNER_NAMES
+from mclstudio.errors import USER_ERRORS
 from mclstudio.cli.options import AMOUNT, COUNT, NON_NEGATIVE, PROBABILITY, RATE, adapter_option, force_option, precision_option
 from mclstudio.formatting import clip, strict_json
 
-MODELS = ["mamba", "transformer", "linear_transformer", "performer", "longhorn", "protonet"]  # = learners.registry.LEARNERS (kept here: importing it loads torch)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -68,7 +68,7 @@ def _interrupted(stop: Any, what: str) -> None:
 
 
 @cli.command()
-@click.option("--model", type=click.Choice(MODELS), default="mamba", show_default=True)
+@click.option("--model", type=click.Choice(LEARNER_NAMES), default="mamba", show_default=True)
 @click.option("--dataset", default="omniglot-mini", show_default=True,
               help="omniglot-mini, sine, or torchvision:<Name> (e.g. torchvision:Omniglot).")
 @click.option("--root", default=None, help="Folder of a torchvision dataset.")
@@ -455,7 +455,7 @@ def _run(args: list[str]) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except ERROR_TYPES as exc:
+    except USER_ERRORS as exc:
         if os.environ.get("MCLSTUDIO_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

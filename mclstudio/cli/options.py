@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from mclstudio.precision import PRECISIONS
+from mclstudio.choices import PRECISIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from mclstudio.cli.options import AMOUNT, COUNT, NON_NEGATIVE, adapter_option, force_option, precision_option
-from mclstudio.engine.stream import EVAL_MODES, ROWS_MODES, EngineConfig
+from mclstudio.choices import EVAL_MODES, ROWS_MODES
 from mclstudio.files import atomic_target
 from mclstudio.formatting import format_bytes, strict_json
 
@@ -79,6 +79,7 @@ def _record(checkpoints: tuple[str, ...], adapters: tuple[str, ...], episodes: i
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mclstudio.data.episodes import EpisodeSpec
+    from mclstudio.engine.stream import EngineConfig
     from mclstudio.recording.session import default_rows_queries, record_session
     from mclstudio.training.adapters import load_learners
 

@@ -24,13 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mclstudio.choices import EVAL_MODES, ROWS_MODES
 from mclstudio.data.episodes import Episode
 from mclstudio.learners.base import Learner, State
 from mclstudio.metrics import forgetting, mean_forgetting, per_task_accuracy
 from mclstudio.precision import autocast, check_precision
-
-EVAL_MODES = ("step", "task", "none")
-ROWS_MODES = ("task", "step")
 
 
 @dataclass(frozen=True)

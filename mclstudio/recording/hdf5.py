@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 import mclstudio
+from mclstudio.errors import RecordingError
 from mclstudio.files import atomic_target
 from mclstudio.formatting import clip
 from mclstudio.data.episodes import Episode, EpisodeSpec
@@ -31,10 +32,6 @@ from mclstudio.engine.stream import EngineConfig, EpisodeTrace
 
 FORMAT = "mclstudio-recording"
 SCHEMA_VERSION = 1
-
-
-class RecordingError(Exception):
-    """A recording that cannot be read or used. The message is one line."""
 
 
 @dataclass
