@@ -8,7 +8,9 @@ from typing import Any
 import click
 
 from mclstudio.cli.interrupt import exit_interrupted, stopping_message
-from mclstudio.cli.options import AMOUNT, COUNT, NON_NEGATIVE, RATE, force_option
+from mclstudio.cli.options import (
+    AMOUNT, COUNT, NON_NEGATIVE, RATE, device_option, output_options, resume_option, torchvision_options,
+)
 
 
 @click.command(name="adapt")
@@ -29,14 +31,11 @@ from mclstudio.cli.options import AMOUNT, COUNT, NON_NEGATIVE, RATE, force_optio
 @click.option("--slct-lambda", type=AMOUNT, default=0.0, show_default=True,
               help="Selectivity regularisation weight (costs a second pass's worth of time on Mamba).")
 @click.option("--seed", type=NON_NEGATIVE, default=1, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@device_option
 @click.option("--log-every", type=COUNT, default=25, show_default=True)
-@click.option("--root", default=None, help="Folder of a torchvision dataset.")
-@click.option("--download", is_flag=True, help="Let torchvision download the dataset into --root.")
-@click.option("-o", "--out", default=None,
-              help="Adapter file [a new folder runs/<name>-<dataset>-r<rank>-<date-time>/adapter.pt].")
-@force_option
-@click.option("--resume", is_flag=True, help="Continue the interrupted run whose adapter file is -o (which must be given).")
+@torchvision_options
+@output_options("Adapter file [a new folder runs/<name>-<dataset>-r<rank>-<date-time>/adapter.pt].", None,
+                resume_option("Continue the interrupted run whose adapter file is -o (which must be given)."))
 def adapt_command(checkpoint: str, **kw: Any) -> None:
     """Meta-train low-rank adapters on a frozen checkpoint for a new domain; save a small adapter file."""
     from mclstudio.files import claim_output, new_run_path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mclstudio.cli.options import AMOUNT, COUNT, adapter_option, precision_option
+from mclstudio.cli.options import AMOUNT, COUNT, adapter_option, device_and_precision_options, torchvision_options
 from mclstudio.formatting import clip, strict_json
 
 
@@ -14,10 +14,8 @@ from mclstudio.formatting import clip, strict_json
 @click.option("--batch-size", type=COUNT, default=64, show_default=True)
 @click.option("--noise", "noise_levels", multiple=True, type=AMOUNT, help="Input-noise stds [0.5, 1.0].")
 @click.option("--domain", "domains", multiple=True, help="Another dataset to meta-test on (repeatable).")
-@click.option("--root", default=None, help="Folder for torchvision datasets.")
-@click.option("--download", is_flag=True)
-@click.option("--device", default="auto", show_default=True)
-@precision_option
+@torchvision_options
+@device_and_precision_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--grid", is_flag=True, help="Accuracy over a tasks x shots grid and the anytime curve (several CKPTs allowed).")
 @click.option("--grid-tasks", default="5,10,20,40,100", show_default=True, help="The grid's task counts.")

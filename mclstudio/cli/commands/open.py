@@ -6,24 +6,19 @@ from pathlib import Path
 
 import click
 
-from mclstudio.cli.options import AMOUNT, COUNT, NON_NEGATIVE, adapter_option, precision_option
+from mclstudio.cli.options import adapter_option, device_and_precision_options, episode_options
 
 
 @click.command(name="open")
 @click.argument("checkpoints", nargs=-1, required=True)
-@click.option("--dataset", default="omniglot-mini", show_default=True, help="The picker's default dataset (domain).")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("--tasks", type=COUNT, default=20, show_default=True)
-@click.option("--shots", default="5", show_default=True, help="Training shots per task, or one per task: 1,3,5,...")
-@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True)
-@click.option("--noise", type=AMOUNT, default=0.0, show_default=True, help="Gaussian input-noise std.")
-@click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu or cuda[:N].")
+@episode_options(dataset_help="The picker's default dataset (domain).", seed_help="The picker's default seed.",
+                 test_shots=False)
+@device_and_precision_options
 @click.option("--record-dir", default=".", show_default=True, help="Where r (record) and exports write.")
 @click.option("--play", is_flag=True, help="Skip the picker and start playing the default episode.")
-@precision_option
 @adapter_option
 def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: str, seed: int,
-                 noise: float, device: str, record_dir: str, play: bool, precision: str, adapters: tuple[str, ...]) -> None:
+                 noise: float, device: str, precision: str, record_dir: str, play: bool, adapters: tuple[str, ...]) -> None:
     """Open the live studio (a Textual app) on one or more checkpoints."""
     from mclstudio.files import check_output
 

@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from mclstudio.choices import EVAL_MODES, ROWS_MODES
-from mclstudio.cli.options import AMOUNT, COUNT, NON_NEGATIVE, adapter_option, force_option, precision_option
+from mclstudio.cli.options import COUNT, adapter_option, episode_options, output_options, precision_option
 
 BYTES_PER_LEARNER_STEP = 4096  # about what a recording takes per learner and stream example (run.h5: ~3.1 KB)
 
@@ -18,26 +18,19 @@ BYTES_PER_LEARNER_STEP = 4096  # about what a recording takes per learner and st
 @click.command(name="record")
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--episodes", type=COUNT, default=4, show_default=True, help="Episodes to record (seeds --seed, --seed+1, ...).")
-@click.option("--tasks", type=COUNT, default=20, show_default=True, help="Tasks (classes) per episode.")
-@click.option("--shots", default="5", show_default=True, help="Training shots per task, or one per task: 1,3,5,...")
-@click.option("--test-shots", type=COUNT, default=5, show_default=True, help="Query shots per task.")
-@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of the first episode.")
-@click.option("--noise", type=AMOUNT, default=0.0, show_default=True, help="Gaussian input-noise std.")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("--dataset", default="omniglot-mini", show_default=True)
+@episode_options(seed_help="Seed of the first episode.")
 @click.option("--eval-every", type=click.Choice(EVAL_MODES[:2]), default="step", show_default=True,
               help="Evaluate the queries of the tasks seen so far after every step or at task ends only.")
 @click.option("--rows-every", type=click.Choice(ROWS_MODES), default="task", show_default=True,
               help="Association maps (first query of every task) at task ends or after every step.")
-@click.option("-o", "--out", default="run.h5", show_default=True, help="The recording (HDF5) to write.")
-@force_option
-@click.option("--append", is_flag=True, help="Add the episodes to the recording at -o (same learners and settings); "
-              "without --seed, the new episodes continue after the recorded seeds.")
+@output_options("The recording (HDF5) to write.", "run.h5", click.option(
+    "--append", is_flag=True, help="Add the episodes to the recording at -o (same learners and settings); "
+    "without --seed, the new episodes continue after the recorded seeds."))
 @precision_option
 @adapter_option
-def record_command(checkpoints: tuple[str, ...], episodes: int, tasks: int, shots: str, test_shots: int, seed: int,
-           noise: float, split: str, dataset: str, eval_every: str, rows_every: str, out: str, force: bool,
-           append: bool, precision: str, adapters: tuple[str, ...]) -> None:
+def record_command(checkpoints: tuple[str, ...], episodes: int, dataset: str, split: str, tasks: int, shots: str,
+                   test_shots: int, seed: int, noise: float, eval_every: str, rows_every: str, out: str, force: bool,
+                   append: bool, precision: str, adapters: tuple[str, ...]) -> None:
     """Stream episodes through one or more checkpoints in lock-step and record everything to HDF5."""
     from mclstudio.data.episodes import EpisodeSpec, parse_shots
     from mclstudio.files import claim_output

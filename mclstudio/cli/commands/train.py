@@ -12,7 +12,9 @@ import click
 
 from mclstudio.choices import LEARNER_NAMES
 from mclstudio.cli.interrupt import exit_interrupted, stopping_message
-from mclstudio.cli.options import AMOUNT, COUNT, NON_NEGATIVE, PROBABILITY, RATE, force_option
+from mclstudio.cli.options import (
+    AMOUNT, COUNT, NON_NEGATIVE, PROBABILITY, RATE, device_option, output_options, resume_option, torchvision_options,
+)
 from mclstudio.formatting import strict_json
 
 TRAIN_CHECKPOINT_ESTIMATE = 32 << 20  # bytes a new training checkpoint may need: shipped ones are ~6 MB
@@ -34,8 +36,7 @@ def _learner_overrides(**kw: Any) -> dict[str, Any]:
 @click.option("--model", type=click.Choice(LEARNER_NAMES), default="mamba", show_default=True)
 @click.option("--dataset", default="omniglot-mini", show_default=True,
               help="omniglot-mini, sine, or torchvision:<Name> (e.g. torchvision:Omniglot).")
-@click.option("--root", default=None, help="Folder of a torchvision dataset.")
-@click.option("--download", is_flag=True, help="Let torchvision download the dataset into --root.")
+@torchvision_options
 @click.option("--tasks", type=COUNT, default=20, show_default=True, help="Tasks (classes) per episode.")
 @click.option("--shots", type=COUNT, default=5, show_default=True, help="Training shots per task.")
 @click.option("--test-shots", type=COUNT, default=5, show_default=True, help="Query shots per task.")
@@ -56,14 +57,12 @@ def _learner_overrides(**kw: Any) -> dict[str, Any]:
               help="anytime: each query sees the stream up to a random task boundary at or after its task; "
                    "end: every query sees the whole stream.")
 @click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@device_option
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--checkpoint-every", type=COUNT, default=500, show_default=True)
 @click.option("--log-every", type=COUNT, default=25, show_default=True)
-@click.option("-o", "--out", default=None,
-              help="Checkpoint path [a new folder runs/<model>-<dataset>-<date-time>/model.pt].")
-@force_option
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint at -o (which must be given).")
+@output_options("Checkpoint path [a new folder runs/<model>-<dataset>-<date-time>/model.pt].", None,
+                resume_option("Continue from the checkpoint at -o (which must be given)."))
 @click.option("--pretrain-steps", type=NON_NEGATIVE, default=0, show_default=True,
               help="Pre-train the encoder with a prototypical loss on meta-train episodes first.")
 @click.option("--frozen-encoder-steps", type=NON_NEGATIVE, default=0, show_default=True,
