@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,16 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _learner_overrides(**kw: Any) -> dict[str, Any]:
-    names = {"d_model": "d_model", "layers": "n_layers", "d_state": "d_state", "heads": "n_heads",
-             "d_ff": "d_ff", "features": "n_features", "y_vocab": "y_vocab", "encoder_channels": "encoder_channels",
-             "dropout": "dropout"}
-    return {names[k]: v for k, v in kw.items() if v is not None}
+# The learner-size options' parameter names -> the LearnerConfig fields they set (unset: the learner's default).
+LEARNER_FIELDS = {"d_model": "d_model", "layers": "n_layers", "d_state": "d_state", "heads": "n_heads",
+                  "d_ff": "d_ff", "features": "n_features", "y_vocab": "y_vocab",
+                  "encoder_channels": "encoder_channels", "dropout": "dropout"}
 
+
+def _learner_overrides(kw: dict[str, Any]) -> dict[str, Any]:
+    """Take the learner-size options out of ``kw``; the config fields of those that were given."""
+    given = {name: kw.pop(name) for name in LEARNER_FIELDS}
+    return {LEARNER_FIELDS[name]: value for name, value in given.items() if value is not None}
 
 
 @click.command(name="train")
@@ -82,17 +87,13 @@ def train_command(**kw: Any) -> None:
     """Meta-train a learner on the meta-train split."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from dataclasses import asdict
-
     from mclstudio.data import parse_range
+    from mclstudio.files import claim_output, new_run_path
+    from mclstudio.training.interrupt import TrainingInterrupted, stop_on_signals
     from mclstudio.training.trainer import TrainConfig, TrainLog
     from mclstudio.training.trainer import train as run_training
 
-    from mclstudio.files import claim_output, new_run_path
-    from mclstudio.training.interrupt import TrainingInterrupted, stop_on_signals
-
-    learner = _learner_overrides(**{k: kw.pop(k) for k in list(kw) if k in (
-        "d_model", "layers", "d_state", "heads", "d_ff", "features", "y_vocab", "encoder_channels", "dropout")})
+    learner = _learner_overrides(kw)
     if kw["resume"] and not kw["out"]:
         raise ValueError("--resume needs -o, the checkpoint to continue from (e.g. -o runs/<run>/model.pt)")
     out = kw["out"] or str(new_run_path(f"{kw['model']}-{kw['dataset']}", "model.pt"))
