@@ -29,7 +29,7 @@ from mclstudio.formatting import format_bytes, strict_json
 @click.option("--tui", is_flag=True, help="Open the recording in the studio app (no models) instead.")
 @force_option
 def replay_command(recording: str, as_json: bool, csv_path: str | None, do_verify: bool, others: tuple[str, ...],
-           adapters: tuple[str, ...], plot: bool, tui: bool, force: bool) -> None:
+                   adapters: tuple[str, ...], plot: bool, tui: bool, force: bool) -> None:
     """Summarise a recording: accuracy, forgetting, state size and step latency per learner."""
     from mclstudio.files import claim_output
 
