@@ -21,11 +21,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from mclstudio.errors import OutputError
 from mclstudio.formatting import clip, format_bytes
-
-
-class OutputError(Exception):
-    """An output path that cannot be written. The message is one line."""
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -23,13 +23,13 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from mclstudio.choices import PRECISIONS
 from mclstudio.formatting import clip, error_line
 
 # Under autocast, RMSNorm (Mamba's) gets a low-precision input and a float32 weight; torch warns once that
 # it falls back from its fused kernel to the composite one (same result). Noise for a command's user.
 warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

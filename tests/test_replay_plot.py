@@ -3,7 +3,7 @@ learner, in colour or not (pytest's stdout is not a terminal: the plot is colour
 
 from __future__ import annotations
 
-from mclstudio.cli.recording_commands import _plot
+from mclstudio.cli.commands.replay import _plot
 
 
 def test_the_plot_has_a_legend_with_one_marker_per_learner() -> None:

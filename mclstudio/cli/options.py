@@ -1,4 +1,13 @@
-"""Click options shared by several commands."""
+"""Click options shared by several commands, and the option groups the commands are built from:
+
+- ``episode_options``: the episode a command streams (dataset, split, tasks, shots, seed, noise);
+- ``torchvision_options``: where a torchvision dataset lives (--root, --download);
+- ``device_option`` and ``precision_option`` (``device_and_precision_options`` together);
+- ``output_options``: the file a command writes (-o, --force, and --resume or --append);
+- the checked number types (COUNT, NON_NEGATIVE, RATE, AMOUNT, PROBABILITY).
+
+Torch-free: the names offered come from mclstudio.choices.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +17,18 @@ from typing import Any, TypeVar
 
 import click
 
-from mclstudio.precision import PRECISIONS
+from mclstudio.choices import PRECISIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several click options as one decorator; --help lists them in the order given."""
+    def apply(f: F) -> F:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+    return apply
 
 
 def _precision_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -89,3 +107,46 @@ AMOUNT = Number(integer=False, minimum=0)  # noise stds, loss weights, minutes
 PROBABILITY = Number(integer=False, minimum=0, below=1)  # dropout
 
 force_option = click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+
+
+def episode_options(dataset_help: str | None = None, seed_help: str | None = None,
+                    test_shots: bool = True) -> Callable[[F], F]:
+    """The episode a command streams through its learners (record, open): --dataset, --split, --tasks,
+    --shots (one count, or one per task: "1,3,5"), --test-shots (unless ``test_shots`` is False), --seed
+    and --noise. The values reach the command as they are; EpisodeSpec checks them when it is built."""
+    return options(
+        click.option("--dataset", default="omniglot-mini", show_default=True, help=dataset_help),
+        click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True),
+        click.option("--tasks", type=COUNT, default=20, show_default=True, help="Tasks (classes) per episode."),
+        click.option("--shots", default="5", show_default=True, help="Training shots per task, or one per task: 1,3,5,..."),
+        *([click.option("--test-shots", type=COUNT, default=5, show_default=True, help="Query shots per task.")]
+          if test_shots else []),
+        click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help=seed_help),
+        click.option("--noise", type=AMOUNT, default=0.0, show_default=True, help="Gaussian input-noise std."),
+    )
+
+
+torchvision_options = options(
+    click.option("--root", default=None, help="Folder of a torchvision dataset."),
+    click.option("--download", is_flag=True, help="Let torchvision download the dataset into --root."),
+)
+
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="auto (the GPU when there is one), cpu or cuda[:N].")
+
+
+def device_and_precision_options(f: F) -> F:
+    """--device and --precision (whether the device can run the precision is checked when it is known)."""
+    return options(device_option, precision_option)(f)
+
+
+def output_options(help: str, default: str | None = None, *also: Callable[[F], F]) -> Callable[[F], F]:
+    """-o/--out FILE (``help``; ``default``, or None when the command picks a new name) and --force, then
+    ``also``: what else a command may do with an output that exists (``resume_option``, --append)."""
+    return options(click.option("-o", "--out", default=default, show_default=default is not None, help=help),
+                   force_option, *also)
+
+
+def resume_option(help: str) -> Callable[[F], F]:
+    """--resume: continue the interrupted run whose file -o names (train, adapt)."""
+    return click.option("--resume", is_flag=True, help=help)

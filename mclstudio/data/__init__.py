@@ -1,6 +1,6 @@
 """The data layer: episodes of Omniglot-mini, torchvision image datasets and sine regression.
 
-Imports nothing else from mclstudio. See docs/data.md.
+Imports nothing else from mclstudio but its error type (mclstudio.errors.DataError). See docs/data.md.
 """
 
 from mclstudio.data.episodes import DataError, Episode, EpisodeSpec, ShapeRange, parse_range, parse_shots

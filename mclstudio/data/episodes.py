@@ -16,9 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
-class DataError(ValueError):
-    """Bad data request (unknown dataset, too many tasks, missing folder...). The message is one line."""
+from mclstudio.errors import DataError
 
 
 @dataclass(frozen=True)

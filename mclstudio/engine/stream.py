@@ -24,15 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mclstudio.choices import EVAL_MODES, ROWS_MODES
 from mclstudio.data.episodes import Episode
 from mclstudio.data.layout import same_task_tokens, task_ends
 from mclstudio.learners.base import Learner, State
 from mclstudio.metrics import forgetting, mean_forgetting, per_task_accuracy
 from mclstudio.precision import autocast, check_precision
 from mclstudio.store.device import learner_device
-
-EVAL_MODES = ("step", "task", "none")
-ROWS_MODES = ("task", "step")
 
 
 @dataclass(frozen=True)

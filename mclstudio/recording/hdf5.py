@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 import mclstudio
+from mclstudio.errors import RecordingError
 from mclstudio.files import atomic_target
 from mclstudio.formatting import clip, error_line
 from mclstudio.data.episodes import Episode, EpisodeSpec
@@ -32,10 +33,6 @@ from mclstudio.engine.stream import EngineConfig, EpisodeTrace
 
 FORMAT = "mclstudio-recording"
 SCHEMA_VERSION = 1
-
-
-class RecordingError(Exception):
-    """A recording that cannot be read or used. The message is one line."""
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 import mclstudio
+from mclstudio.errors import AdapterError
 from mclstudio.formatting import clip
 from mclstudio.learners.base import Learner
 from mclstudio.learners.lora import (
@@ -44,10 +45,6 @@ from mclstudio.store.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from mclstudio.store.device import learner_device
 
 ADAPTER_FORMAT_VERSION = 1
-
-
-class AdapterError(CheckpointError):
-    """An adapter file that cannot be read or does not fit the checkpoint. The message is one line."""
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 import mclstudio
+from mclstudio.errors import CheckpointError
 from mclstudio.files import atomic_target
 from mclstudio.formatting import clip, error_line
 from mclstudio.learners.base import Learner
@@ -25,10 +26,6 @@ from mclstudio.learners.registry import build_learner, config_from_dict
 FORMAT = "mclstudio-checkpoint"
 FORMAT_VERSION = 1
 ADAPTER_FORMAT = "mclstudio-adapter"  # adapter files (mclstudio.store.adapters)
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used. The message is one line."""
 
 
 @dataclass

@@ -1,0 +1,13 @@
+"""The names a user chooses from: learners, precisions and the streaming engine's modes.
+
+Torch-free (it imports nothing), so that the command line can offer and check them without loading
+the modules that implement them; those modules take their names from here (learners.registry's
+LEARNERS holds exactly LEARNER_NAMES, tests/test_cli_startup.py checks it).
+"""
+
+from __future__ import annotations
+
+LEARNER_NAMES = ("mamba", "transformer", "linear_transformer", "performer", "longhorn", "protonet")
+PRECISIONS = ("fp32", "bf16", "fp16")  # mclstudio.precision: float32, or bf16/fp16 autocast
+EVAL_MODES = ("step", "task", "none")  # engine.stream.EngineConfig.eval_every
+ROWS_MODES = ("task", "step")  # engine.stream.EngineConfig.rows_every

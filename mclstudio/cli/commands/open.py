@@ -1,0 +1,34 @@
+"""`mclstudio open`: the live studio (a Textual app) on one or more checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mclstudio.cli.options import adapter_option, device_and_precision_options, episode_options
+
+
+@click.command(name="open")
+@click.argument("checkpoints", nargs=-1, required=True)
+@episode_options(dataset_help="The picker's default dataset (domain).", seed_help="The picker's default seed.",
+                 test_shots=False)
+@device_and_precision_options
+@click.option("--record-dir", default=".", show_default=True, help="Where r (record) and exports write.")
+@click.option("--play", is_flag=True, help="Skip the picker and start playing the default episode.")
+@adapter_option
+def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: str, seed: int,
+                 noise: float, device: str, precision: str, record_dir: str, play: bool, adapters: tuple[str, ...]) -> None:
+    """Open the live studio (a Textual app) on one or more checkpoints."""
+    from mclstudio.files import check_output
+
+    # r (record) and exports write new files there: the folder must exist and be writable.
+    if not Path(record_dir).is_dir():
+        raise ValueError(f"--record-dir {record_dir} is not a folder")
+    check_output(Path(record_dir) / ".mclstudio-write-check", replace=True, what="recording")
+
+    from mclstudio.tui.cli import open_studio
+
+    open_studio(checkpoints, dataset=dataset, split=split, tasks=tasks, shots=shots, seed=seed, noise=noise,
+                device=device, record_dir=record_dir, play=play, precision=precision, adapters=adapters)
+
