@@ -245,7 +245,15 @@ def main() -> None:
     parser.add_argument("--tmux", action="store_true", help="run the app in a real terminal (tmux) instead of headless")
     parser.add_argument("--both", action="store_true",
                         help="headless and tmux runs interleaved, so that both see the same load on the machine")
+    parser.add_argument("--fused-step", default="auto", choices=["auto", "off"],
+                        help="the engine's fused step (CUDA graphs on a GPU, engine/graphs.py); off: op by op")
     args = parser.parse_args()
+    if args.fused_step != "auto":  # the studio's feed builds its EngineConfig itself: set the default here
+        import functools
+
+        import mclstudio.recording.playback as playback
+
+        playback.EngineConfig = functools.partial(playback.EngineConfig, fused_step=args.fused_step)  # type: ignore[misc]
     settings = [args.checkpoints] + ([args.checkpoints[:1]] if len(args.checkpoints) > 1 else [])  # + Mamba alone
     modes = ["headless", "tmux"] if args.both else ["tmux"] if args.tmux else ["headless"]
     runs, summary = [], []
@@ -270,6 +278,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "device": str(resolve_device(args.device)),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "fused_step": args.fused_step,
         "summary": summary,
         "runs": runs,
     }

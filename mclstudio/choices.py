@@ -11,3 +11,4 @@ LEARNER_NAMES = ("mamba", "transformer", "linear_transformer", "performer", "lon
 PRECISIONS = ("fp32", "bf16", "fp16")  # mclstudio.precision: float32, or bf16/fp16 autocast
 EVAL_MODES = ("step", "task", "none")  # engine.stream.EngineConfig.eval_every
 ROWS_MODES = ("task", "step")  # engine.stream.EngineConfig.rows_every
+FUSED_MODES = ("auto", "off", "uncaptured")  # engine.stream.EngineConfig.fused_step

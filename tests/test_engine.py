@@ -125,3 +125,38 @@ def test_engine_leaves_grad_mode_alone_and_checks_input(learners):
     assert int(big.codes.max()) >= 12  # codes beyond the tiny learners' 12
     with pytest.raises(ValueError, match="label codes"):
         StreamEngine(learners, big)
+
+
+@pytest.mark.parametrize("model", ["mamba", "longhorn", "protonet"])
+def test_fused_step_body_gives_the_op_by_op_snapshots(model):
+    """The body that engine/graphs.py captures as a CUDA graph (step, every query answered, norms, the
+    state copied back into its own buffers) run uncaptured on the CPU: every snapshot equals the op-by-op
+    path's, step by step (the shipped checkpoints, so that predictions vary and a task can be forgotten)."""
+    from pathlib import Path
+
+    from mclstudio.store.checkpoint import load_checkpoint
+
+    learner = load_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints" / f"{model}.pt").learner
+    ep = get_source("omniglot-mini").episode(EpisodeSpec(tasks=10, train_shots=1, test_shots=2, seed=3, num_codes=100))
+    runs = {mode: StreamEngine({model: learner}, ep, EngineConfig(fused_step=mode, rows_queries=(0, 4))).run()
+            for mode in ("off", "uncaptured")}
+    assert runs["uncaptured"][-1][0].state_bytes == runs["off"][-1][0].state_bytes
+    for (ref,), (fused,) in zip(runs["off"], runs["uncaptured"]):
+        assert fused.accuracy == ref.accuracy
+        np.testing.assert_array_equal(fused.query_index, ref.query_index)
+        np.testing.assert_array_equal(fused.predictions, ref.predictions)
+        np.testing.assert_allclose(fused.layer_norms, ref.layer_norms, rtol=1e-5)
+        np.testing.assert_array_equal(fused.accuracy_matrix, ref.accuracy_matrix)
+        np.testing.assert_array_equal(fused.rows, ref.rows)
+    accuracies = [snaps[0].accuracy for snaps in runs["off"]]
+    assert len(set(accuracies)) > 1  # the episode exercises right and wrong answers
+
+
+def test_fused_step_is_only_for_fixed_shape_states():
+    """A Transformer's growing KV cache takes the op-by-op path even when asked for the fused one; a bad
+    mode is refused."""
+    engine = StreamEngine({"t": tiny_learner("transformer")}, tiny_episode(), EngineConfig(fused_step="uncaptured"))
+    next(iter(engine))
+    assert engine._fused == [None]
+    with pytest.raises(ValueError, match="fused_step"):
+        EngineConfig(fused_step="always").validate(4)

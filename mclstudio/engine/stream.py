@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mclstudio.choices import EVAL_MODES, ROWS_MODES
+from mclstudio.choices import EVAL_MODES, FUSED_MODES, ROWS_MODES
 from mclstudio.data.episodes import Episode
 from mclstudio.data.layout import same_task_tokens, task_ends
+from mclstudio.engine.graphs import FusedStep
 from mclstudio.learners.base import Learner, State
 from mclstudio.metrics import forgetting, mean_forgetting, per_task_accuracy
 from mclstudio.precision import autocast, check_precision
@@ -40,18 +41,24 @@ class EngineConfig:
     rows_queries: indices of the queries (into episode.query_x) whose association rows to compute.
     rows_every: compute those rows at the end of each "task" or after every "step".
     precision: "fp32", or "bf16"/"fp16" mixed precision (``mclstudio.precision``) for every step.
+    fused_step: with eval_every "step", how a learner with a fixed-shape state (``fixed_shape_state``)
+    steps: "auto" as one CUDA graph (step, every query, norms; ``engine/graphs.py``) on a GPU and op by op
+    elsewhere; "off" op by op always; "uncaptured" the graph's body without capturing it (tests, CPU).
     """
 
     eval_every: str = "step"
     rows_queries: tuple[int, ...] = ()
     rows_every: str = "task"
     precision: str = "fp32"
+    fused_step: str = "auto"
 
     def validate(self, num_queries: int) -> None:
         if self.eval_every not in EVAL_MODES:
             raise ValueError(f"eval_every must be one of {', '.join(EVAL_MODES)}, not {self.eval_every!r}")
         if self.rows_every not in ROWS_MODES:
             raise ValueError(f"rows_every must be one of {', '.join(ROWS_MODES)}, not {self.rows_every!r}")
+        if self.fused_step not in FUSED_MODES:
+            raise ValueError(f"fused_step must be one of {', '.join(FUSED_MODES)}, not {self.fused_step!r}")
         bad = [q for q in self.rows_queries if not 0 <= q < num_queries]
         if bad:
             raise ValueError(f"rows query index {bad[0]} is out of range (the episode has {num_queries} queries)")
@@ -141,6 +148,10 @@ class StreamEngine:
         # The last stream example of each task: where a row of the accuracy matrix is filled.
         self._task_end = task_ends(self.episode.stream_task).tolist()
         self._rows_index = torch.tensor(self.config.rows_queries, dtype=torch.long, device=device)
+        # Host copies of what the fused path compares its predictions with (engine/graphs.py)
+        self._stream_task = self.episode.stream_task.cpu().numpy()
+        self._query_task = self.episode.query_task.cpu().numpy()
+        self._query_y = self.episode.query_y[0].cpu().numpy()
 
     def __iter__(self) -> Iterator[list[Snapshot]]:
         for _, learner in self.learners:
@@ -156,6 +167,7 @@ class StreamEngine:
                 [learner.embedding.embed_x(self.episode.stream_x) for _, learner in self.learners]
                 if self.config.rows_queries else []
             )
+            self._fused = [self._fused_step(learner, states[k], k) for k, (_, learner) in enumerate(self.learners)]
         matrices = [np.full((self.tasks, self.tasks), np.nan) for _ in self.learners]
         for i in range(self.num_examples):
             # inference mode and autocast per step, not around the loop: a generator's context would
@@ -171,10 +183,23 @@ class StreamEngine:
         """Every step at once (tests and batch use); the same snapshots iteration yields."""
         return list(self)
 
+    def _fused_step(self, learner: Learner, state: State, k: int) -> FusedStep | None:
+        """Learner k's FusedStep, or None where it takes the op-by-op path (see EngineConfig.fused_step)."""
+        mode, ep = self.config.fused_step, self.episode
+        if mode == "off" or self.config.eval_every != "step" or not learner.fixed_shape_state:
+            return None
+        if mode == "auto" and not ep.query_x.is_cuda:
+            return None
+        return FusedStep(learner, state, ep.stream_x[:, 0], ep.stream_y[:, 0], self._query_embeddings[k],
+                         capture=mode == "auto")
+
     def _step(
         self, i: int, name: str, learner: Learner, states: list[State], k: int, matrix: np.ndarray
     ) -> Snapshot:
         ep = self.episode
+        fused = self._fused[k]
+        if fused is not None:
+            return self._fused_snapshot(i, name, fused, k, matrix)
         t0 = time.perf_counter()
         state = learner.step_x(states[k], ep.stream_x[:, i])
         state = learner.step_y(state, ep.stream_y[:, i])
@@ -206,13 +231,39 @@ class StreamEngine:
             snap.accuracy = float(correct.float().mean())
             snap.query_index = seen.cpu().numpy()
             snap.predictions = pred.cpu().numpy()
+        return self._finish(snap, k, i, matrix)
+
+    def _finish(self, snap: Snapshot, k: int, i: int, matrix: np.ndarray) -> Snapshot:
+        """The parts of a snapshot both paths share: the matrix so far, forgetting and the rows."""
         snap.accuracy_matrix = matrix.copy()
-        done = task + 1 if task_end else task  # rows filled: tasks finished so far
+        done = snap.task + 1 if snap.task_end else snap.task  # rows filled: tasks finished so far
         if done and not np.isnan(matrix[done - 1, 0]):
             snap.forgetting = forgetting(matrix[:done, :done])
-        if len(cfg.rows_queries) and (cfg.rows_every == "step" or task_end):
+        cfg = self.config
+        if len(cfg.rows_queries) and (cfg.rows_every == "step" or snap.task_end):
             snap.rows, snap.same_class = self.rows(k, i + 1)
         return snap
+
+    def _fused_snapshot(self, i: int, name: str, fused: FusedStep, k: int, matrix: np.ndarray) -> Snapshot:
+        """Step i of learner k through its FusedStep: every query is answered; the seen ones are kept.
+        latency_s here covers the step, the queries and the copy to the host (one replay)."""
+        ep = self.episode
+        t0 = time.perf_counter()
+        predictions, norms = fused.run(ep.stream_x[:, i], ep.stream_y[:, i])
+        latency = time.perf_counter() - t0
+        task, task_end = int(self._stream_task[i]), bool(self._task_end[i])
+        seen = np.flatnonzero(self._query_task <= task)
+        correct = predictions[seen] == self._query_y[seen]
+        if task_end:
+            matrix[task, : task + 1] = per_task_accuracy(
+                torch.from_numpy(correct), torch.from_numpy(self._query_task[seen]), task + 1
+            ).numpy()
+        snap = Snapshot(
+            learner=name, step=i, tokens=2 * (i + 1), task=task, task_end=task_end,
+            state_bytes=fused.state.nbytes(), layer_norms=norms, latency_s=latency, accuracy_matrix=matrix,
+            accuracy=float(correct.astype(np.float32).mean()), query_index=seen, predictions=predictions[seen],
+        )
+        return self._finish(snap, k, i, matrix)
 
     def rows(self, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Association rows of the configured queries for learner k after the first n examples:

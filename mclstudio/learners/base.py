@@ -98,6 +98,9 @@ class Learner(nn.Module, ABC):
     """Base of every learner: token embedding -> model -> final norm -> head."""
 
     config_class: ClassVar[type[LearnerConfig]] = LearnerConfig
+    # The state's tensors keep their shapes from step to step and ``step`` reads no Python-level counter:
+    # the streaming engine may then capture a step as a CUDA graph (engine/graphs.py).
+    fixed_shape_state: ClassVar[bool] = False
 
     def __init__(self, config: LearnerConfig) -> None:
         super().__init__()

@@ -102,6 +102,7 @@ class ProtoNetLearner(Learner):
     """Nearest class mean on the learner's own image encoder; the same paths as every learner."""
 
     config_class: ClassVar[type[LearnerConfig]] = ProtoNetConfig
+    fixed_shape_state: ClassVar[bool] = True  # per-code sums and counts
 
     def __init__(self, config: ProtoNetConfig) -> None:
         super().__init__(config)

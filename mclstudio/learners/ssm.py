@@ -255,6 +255,7 @@ class SSMLearner(Learner):
     (``layers.{i}.norm``, ``layers.{i}.mixer``, ``norm_f``); no positional encoding (the scan is ordered)."""
 
     config_class: ClassVar[type[SSMConfig]] = SSMConfig
+    fixed_shape_state: ClassVar[bool] = True  # (conv, ssm) per layer; the length is bookkeeping only
     mixer_class: ClassVar[type[SelectiveMixer]]
 
     def __init__(self, config: SSMConfig) -> None:

@@ -1,0 +1,80 @@
+"""A streaming step as one replayable unit: read (x_i, y_i), answer every query, take the state norms.
+
+On a GPU a learner of the studio's size spends its step launching small kernels from Python (tens of
+microseconds each, hundreds per step), not computing. For a learner whose memory keeps one shape and
+whose step reads no Python-level counter (``Learner.fixed_shape_state``: Mamba, Longhorn, ProtoNet), the
+whole step is captured once as a CUDA graph and replayed: the state's own tensors are the graph's static
+buffers (the step's new state is copied back into them inside the graph), and every query is answered
+each step (queries never see each other, so the seen ones' answers are the same as answering them alone;
+the engine keeps the seen ones). One device-to-host copy per step carries the predictions and the norms.
+
+Off CUDA (or with ``capture=False``) the same body runs eagerly: that is how the tests check it on a CPU.
+A Transformer's KV cache grows and the attention learners read their position from ``state.length``, so
+they take the engine's ordinary path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mclstudio.learners.base import Learner, State
+
+
+class FusedStep:
+    """One learner's step + queries + norms, replayed in place on ``state`` (whose tensors it owns).
+
+    state: the empty state to stream from (its tensors become the static buffers); x_like (1, *x_shape)
+    and y_like (1,): example inputs (values unused); query_embeddings (1, Q, D): every query, embedded.
+    ``run(x, y)`` reads one example and returns (predictions (Q,) int64, layer norms (n_layers,) float32)
+    as numpy arrays; ``state`` then holds the memory after it."""
+
+    def __init__(
+        self, learner: Learner, state: State, x_like: Tensor, y_like: Tensor, query_embeddings: Tensor,
+        capture: bool = True,
+    ) -> None:
+        self.learner, self.state, self.queries = learner, state, query_embeddings
+        self.x, self.y = x_like.clone(), y_like.clone()
+        self.n_queries = query_embeddings.shape[1]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out = torch.empty(0)
+        if capture and x_like.is_cuda:
+            self._capture()
+
+    def _body(self) -> None:
+        """Read (self.x, self.y) into self.state's buffers; answer every query; fill self.out (Q + n_layers,)."""
+        learner, state = self.learner, self.state
+        new = learner.step_y(learner.step_x(state, self.x), self.y)
+        for buffer, value in zip(state.tensors(), new.tensors()):
+            if value is not buffer:
+                buffer.copy_(value)
+        predictions = learner.answer_embedded(state, self.queries).logits.argmax(-1)[0]  # (Q,)
+        self.out = torch.cat([predictions.to(torch.float32), state.layer_norms()[0].float()])
+
+    def _capture(self) -> None:
+        """Warm up on a side stream (as CUDA graphs require), capture, and put the state back to empty."""
+        empty = [t.clone() for t in self.state.tensors()]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._body()
+        for buffer, value in zip(self.state.tensors(), empty):
+            buffer.copy_(value)
+
+    def run(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """x (1, *x_shape), y (1,): one stream example. Returns predictions (Q,) and norms (n_layers,)."""
+        self.x.copy_(x)
+        self.y.copy_(y)
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._body()
+        self.state.length += 2
+        out = self.out.cpu().numpy()  # the step's one device-to-host copy (and its one wait)
+        return out[: self.n_queries].astype(np.int64), out[self.n_queries:]
