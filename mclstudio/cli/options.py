@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from mclstudio.choices import PRECISIONS
+from mclstudio.choices import PRECISIONS, TRAIN_PRECISIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,39 +31,35 @@ def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return apply
 
 
-def _precision_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    # A ValueError, which the CLI prints as one `error:` line (click.Choice would print a usage block).
-    # Whether the device can run it is checked where the device is known (mclstudio.precision).
-    if value.lower() not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {value!r}")
-    return value.lower()
+def _precision_choice(
+    names: tuple[str, ...], default: str, help: str, doc: str
+) -> Callable[[F], F]:
+    """A --precision option taking one of ``names``. A bad value is a ValueError, which the CLI prints as one
+    `error:` line (click.Choice would print a usage block); whether the device can run it is checked where
+    the device is known (mclstudio.precision)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        if value.lower() not in names:
+            raise ValueError(f"--precision must be one of {', '.join(names)}, not {value!r}")
+        return value.lower()
+
+    option = click.option("--precision", default=default, show_default=True, metavar="|".join(names),
+                          callback=check, help=help)
+    option.__doc__ = doc
+    return option
 
 
-def precision_option(f: F) -> F:
-    """--precision fp32|bf16|fp16: mixed precision through torch.autocast (docs/precision.md)."""
-    return click.option(
-        "--precision", default="fp32", show_default=True, metavar="|".join(PRECISIONS), callback=_precision_name,
-        help="fp32, or bf16/fp16 mixed precision (torch.autocast: weights and accumulating states stay fp32).",
-    )(f)
-
-
-TRAIN_PRECISIONS = ("auto", *PRECISIONS)  # = training.loop.TRAIN_PRECISIONS (kept here: importing it loads torch)
-
-
-def _train_precision_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if value.lower() not in TRAIN_PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {value!r}")
-    return value.lower()
-
-
-def train_precision_option(f: F) -> F:
-    """train's and adapt's --precision auto|fp32|bf16|fp16: auto is bf16 on CUDA and fp32 on the CPU."""
-    return click.option(
-        "--precision", default="auto", show_default=True, metavar="|".join(TRAIN_PRECISIONS),
-        callback=_train_precision_name,
-        help="fp32, or bf16/fp16 mixed precision (torch.autocast; fp16 with loss scaling); auto: bf16 on CUDA, "
-             "fp32 on the CPU.",
-    )(f)
+precision_option = _precision_choice(
+    PRECISIONS, "fp32",
+    "fp32, or bf16/fp16 mixed precision (torch.autocast: weights and accumulating states stay fp32).",
+    "--precision fp32|bf16|fp16: mixed precision through torch.autocast (docs/precision.md).",
+)
+train_precision_option = _precision_choice(
+    TRAIN_PRECISIONS, "auto",
+    "fp32, or bf16/fp16 mixed precision (torch.autocast; fp16 with loss scaling); auto: bf16 on CUDA, "
+    "fp32 on the CPU.",
+    "train's and adapt's --precision auto|fp32|bf16|fp16: auto is bf16 on CUDA and fp32 on the CPU.",
+)
 
 
 adapter_option = click.option(

@@ -25,10 +25,10 @@ from mclstudio.store.checkpoint import load_checkpoint, read_safely
 from mclstudio.store.device import resolve_device
 from mclstudio.training.interrupt import TrainingInterrupted
 from mclstudio.training.loop import (
-    TRAIN_PRECISIONS,
     Batch,
     LoopSetup,
     TrainLog,
+    check_train_precision,
     embed_pool,
     episode_seed,
     grad_scaler,
@@ -71,8 +71,7 @@ class AdaptConfig:
     resume: bool = False  # continue from the (interrupted) adapter file at out, optimizer and step included
 
     def validate(self) -> None:
-        if self.precision not in TRAIN_PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {self.precision!r}")
+        check_train_precision(self.precision)
         for name in ("rank", "steps", "batch_size", "log_every", "lr_halve_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(self, name)}")

@@ -23,7 +23,8 @@ from torch import Tensor
 from mclstudio.data import Episode, ImageSource
 from mclstudio.learners.base import Learner
 from mclstudio.metrics import episode_accuracy, episode_mse
-from mclstudio.precision import PRECISIONS, autocast, check_precision
+from mclstudio.choices import TRAIN_PRECISIONS
+from mclstudio.precision import autocast, check_precision
 from mclstudio.training.interrupt import stop_requested
 from mclstudio.training.losses import selectivity_kl, task_loss
 
@@ -33,17 +34,19 @@ warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\
 
 # ---- precision ---------------------------------------------------------------------------------------
 
-TRAIN_PRECISIONS = ("auto", *PRECISIONS)
-
-
 def training_precision(precision: str, device: torch.device) -> str:
     """The precision a run trains at, one of fp32, bf16, fp16. "auto" is bf16 on CUDA and fp32 on the
     CPU (what the former ``--amp`` did); the others must run on ``device`` (ValueError, one line)."""
+    check_train_precision(precision)
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
+    return check_precision(precision, device)
+
+
+def check_train_precision(precision: str) -> None:
+    """ValueError (one line) unless ``precision`` is one of TRAIN_PRECISIONS."""
     if precision not in TRAIN_PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {precision!r}")
-    return check_precision(precision, device)
 
 
 def precision_from_config(config: dict[str, Any]) -> str:

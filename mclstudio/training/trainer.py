@@ -27,11 +27,11 @@ from mclstudio.store.device import resolve_device
 from mclstudio.training.anytime import OBJECTIVES, anytime_generator, sample_query_end
 from mclstudio.training.interrupt import TrainingInterrupted
 from mclstudio.training.loop import (
-    TRAIN_PRECISIONS,
     Batch,
     LoopSetup,
     TrainLog,
     build_optimizer,
+    check_train_precision,
     embed_pool,
     episode_seed,
     grad_scaler,
@@ -82,8 +82,7 @@ class TrainConfig:
     learner: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.precision not in TRAIN_PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {self.precision!r}")
+        check_train_precision(self.precision)
         if self.model not in LEARNERS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(LEARNERS)}")
         if self.objective not in OBJECTIVES:
