@@ -75,7 +75,7 @@ M = [
  ("summary: curve is the accuracy on the newest task (diagonal)", "mclstudio/recording/session.py",
   "curves = np.stack([seen_task_accuracy(t.accuracy_matrix) for t in traces])", "curves = np.stack([np.diag(t.accuracy_matrix) for t in traces])", FAST),
  # losses
- # (the anytime objective's loss, query_end given: the default; the "full" objective's are #32-#34)
+ # (the anytime objective's loss, query_end given: the default; the "end" objective's are #32-#34)
  ("losses: selectivity loss from the last layer only", "mclstudio/training/losses.py",
   "counted.sum().clamp(min=1))\n    return torch.stack(losses).mean()", "counted.sum().clamp(min=1))\n    return losses[-1]", FAST),
  ("losses: selectivity loss from the first episode only", "mclstudio/training/losses.py",
@@ -101,13 +101,13 @@ M = [
   "return base_seed * 1_000_003_000 + (step * world + rank) * batch + index", "return base_seed * 1_000_003_000 + (step * world) * batch + index", DDP),
  ("ddp: logged losses not averaged over ranks", "mclstudio/training/loop.py",
   "                window.average_over_ranks(s.device)", "                pass", DDP),
- # the "full" objective's selectivity loss (query_end None: every query sees the whole stream)
- ("losses (full objective): selectivity loss from the last layer only", "mclstudio/training/losses.py",
+ # the "end" objective's selectivity loss (query_end None: every query reads after the whole stream)
+ ("losses (end objective): selectivity loss from the last layer only", "mclstudio/training/losses.py",
   "for q in rows]\n        return torch.stack(losses).mean()", "for q in rows]\n        return losses[-1]", FAST),
- ("losses (full objective): selectivity loss from the first episode only", "mclstudio/training/losses.py",
+ ("losses (end objective): selectivity loss from the first episode only", "mclstudio/training/losses.py",
   "(entropy_term - (p * (q.float() + KL_EPS).log()).sum(-1)).mean() for q in rows]",
   "(entropy_term - (p * (q.float() + KL_EPS).log()).sum(-1))[0].mean() for q in rows]", FAST),
- ("losses (full objective): summed over layers", "mclstudio/training/losses.py",
+ ("losses (end objective): summed over layers", "mclstudio/training/losses.py",
   "for q in rows]\n        return torch.stack(losses).mean()", "for q in rows]\n        return torch.stack(losses).sum()", FAST),
 ]
 
