@@ -179,6 +179,18 @@ def test_function_level_imports_are_seen():
     assert "mclstudio.tui.cli" in graph["mclstudio.cli.commands.open"]
 
 
+def test_data_and_learners_stand_on_their_own():
+    """What the doc says of the two lowest model layers: data/ imports from mclstudio only errors.py;
+    learners/ imports nothing from mclstudio outside learners/."""
+    graph = import_graph(ROOT / "mclstudio")
+    def imported_from_outside(package: str) -> list[str]:
+        inside = [m for m in graph if m == package or m.startswith(package + ".")]
+        return sorted({t for m in inside for t in graph[m] if not (t == package or t.startswith(package + "."))})
+
+    outside = {layer: imported_from_outside(f"mclstudio.{layer}") for layer in ("data", "learners")}
+    assert outside == {"data": ["mclstudio.errors"], "learners": []}
+
+
 def test_the_torch_free_modules_import_neither_torch_nor_numpy():
     modules = find_modules(ROOT / "mclstudio")
     assert [line for name in TORCH_FREE for line in heavy_imports(modules[name])] == []
