@@ -2,7 +2,7 @@
 one-line message; a command reports them as one `error: ...` line, and anything else is a bug.
 
 Torch-free (it imports nothing), so that the command line can catch them without loading the layers
-that raise them: data/, training/ (checkpoints, adapters), recording/ and files.py import their error
+that raise them: data/, store/ (checkpoints, adapters), recording/ and files.py import their error
 classes from here.
 """
 

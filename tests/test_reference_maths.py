@@ -169,3 +169,39 @@ def test_selectivity_loss_over_layers_episodes_and_unequal_tasks():
     # each layer's own value differs, so a loss that read one layer only would not match
     per_layer = [selectivity_kl([r], stream_task, query_task).item() for r in rows]
     assert len({round(v, 6) for v in per_layer}) == 3 and sum(per_layer) / 3 == pytest.approx(expected, rel=1e-4)
+
+
+def test_anytime_selectivity_loss_over_layers_episodes_and_query_ends():
+    """The anytime objective's l_slct (query_end given): query q sees its first query_end[q] pairs, p is
+    uniform over the visible tokens of its task, and the mean runs over layers, then over the (episode,
+    query) pairs that have a target and a non-zero row. Three layers, two episodes, uneven tasks."""
+    stream_task = torch.tensor([0, 0, 0, 1, 2, 2])  # 12 tokens
+    query_task = torch.tensor([0, 1, 2, 2, 1])
+    query_end = torch.tensor([1, 6, 6, 5, 3])  # query 4 (task 1) sees 3 pairs: none of its task, no target
+    g = torch.Generator().manual_seed(4)
+    visible = torch.arange(12)[None, :] < 2 * query_end[:, None]  # (Q, 12)
+    rows = []
+    for layer in range(3):
+        logits = torch.randn(2, 5, 12, generator=g, dtype=D64) * (1 + layer)
+        r = torch.softmax(logits.masked_fill(~visible, -math.inf), -1)
+        r[1, 2] = 0  # episode 1 gives no row for query 2 (left out)
+        rows.append(r)
+    token_task = [int(stream_task[i // 2]) for i in range(12)]
+    per_layer = []
+    for q_rows in rows:
+        kls = []
+        for b in range(2):
+            for q in range(5):
+                own = [t for t in range(12) if token_task[t] == int(query_task[q]) and t < 2 * int(query_end[q])]
+                if not own or float(q_rows[b, q].sum()) == 0:
+                    continue
+                p = 1 / len(own)
+                kls.append(sum(p * math.log(p / float(q_rows[b, q, t])) for t in own))
+        assert len(kls) == 7  # 2 x 4 queries with a target, less the missing row
+        per_layer.append(sum(kls) / len(kls))
+    expected = sum(per_layer) / 3
+    assert selectivity_kl(rows, stream_task, query_task, query_end).item() == pytest.approx(expected, rel=1e-4)
+    # each layer and each episode differ, so a loss that read one of them only would not match
+    assert len({round(v, 6) for v in per_layer}) == 3
+    one_episode = selectivity_kl([r[:1] for r in rows], stream_task, query_task, query_end).item()
+    assert one_episode != pytest.approx(expected, rel=1e-3)
