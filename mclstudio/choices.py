@@ -9,6 +9,7 @@ from __future__ import annotations
 
 LEARNER_NAMES = ("mamba", "transformer", "linear_transformer", "performer", "longhorn", "protonet")
 PRECISIONS = ("fp32", "bf16", "fp16")  # mclstudio.precision: float32, or bf16/fp16 autocast
+OBJECTIVES = ("anytime", "end")  # training.anytime: the meta-training objective
 TRAIN_PRECISIONS = ("auto", *PRECISIONS)  # train and adapt: auto is bf16 on CUDA, fp32 on the CPU
 EVAL_MODES = ("step", "task", "none")  # engine.stream.EngineConfig.eval_every
 ROWS_MODES = ("task", "step")  # engine.stream.EngineConfig.rows_every

@@ -12,8 +12,6 @@ from torch import Tensor
 
 from mclstudio.data.layout import task_boundaries
 
-OBJECTIVES = ("anytime", "end")
-
 
 def sample_query_end(stream_task: Tensor, query_task: Tensor, generator: torch.Generator) -> Tensor:
     """(Q,) int64: for each query a boundary drawn uniformly from the task boundaries at or after the end

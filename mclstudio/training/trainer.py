@@ -19,12 +19,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from mclstudio.choices import OBJECTIVES
 from mclstudio.data import EpisodeSpec, ImageSource, ShapeRange, get_source
 from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.store.checkpoint import load_checkpoint, save_checkpoint
 from mclstudio.store.device import resolve_device
-from mclstudio.training.anytime import OBJECTIVES, anytime_generator, sample_query_end
+from mclstudio.training.anytime import anytime_generator, sample_query_end
 from mclstudio.training.interrupt import TrainingInterrupted
 from mclstudio.training.loop import (
     Batch,

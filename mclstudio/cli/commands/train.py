@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mclstudio.choices import LEARNER_NAMES
+from mclstudio.choices import LEARNER_NAMES, OBJECTIVES
 from mclstudio.cli.interrupt import exit_interrupted, stopping_message
 from mclstudio.cli.options import (
     AMOUNT, COUNT, NON_NEGATIVE, PROBABILITY, RATE, device_option, output_options, resume_option, torchvision_options,
@@ -59,7 +59,7 @@ def _learner_overrides(kw: dict[str, Any]) -> dict[str, Any]:
 @click.option("--lr-halve-every", type=COUNT, default=10000, show_default=True)
 @click.option("--warmup", type=NON_NEGATIVE, default=100, show_default=True, help="Linear learning-rate warm-up steps.")
 @click.option("--slct-lambda", type=AMOUNT, default=0.1, show_default=True, help="Selectivity regularisation weight (0 = off).")
-@click.option("--objective", type=click.Choice(["anytime", "end"]), default="anytime", show_default=True,
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="anytime", show_default=True,
               help="anytime: each query sees the stream up to a random task boundary at or after its task; "
                    "end: every query sees the whole stream.")
 @click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True)
