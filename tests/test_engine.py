@@ -127,7 +127,7 @@ def test_engine_leaves_grad_mode_alone_and_checks_input(learners):
         StreamEngine(learners, big)
 
 
-@pytest.mark.parametrize("model", ["mamba", "longhorn", "protonet"])
+@pytest.mark.parametrize("model", ["mamba", "longhorn", "protonet", "linear_transformer", "performer"])
 def test_fused_step_body_gives_the_op_by_op_snapshots(model):
     """The body that engine/graphs.py captures as a CUDA graph (step, every query answered, norms, the
     state copied back into its own buffers) run uncaptured on the CPU: every snapshot equals the op-by-op

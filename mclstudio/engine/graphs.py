@@ -2,15 +2,16 @@
 
 On a GPU a learner of the studio's size spends its step launching small kernels from Python (tens of
 microseconds each, hundreds per step), not computing. For a learner whose memory keeps one shape and
-whose step reads no Python-level counter (``Learner.fixed_shape_state``: Mamba, Longhorn, ProtoNet), the
+whose step reads no Python-level counter (``Learner.fixed_shape_state``: Mamba, Longhorn, ProtoNet, and
+the Linear Transformer and Performer, whose memory is updated in place and position kept on the device), the
 whole step is captured once as a CUDA graph and replayed: the state's own tensors are the graph's static
 buffers (the step's new state is copied back into them inside the graph), and every query is answered
 each step (queries never see each other, so the seen ones' answers are the same as answering them alone;
 the engine keeps the seen ones). One device-to-host copy per step carries the predictions and the norms.
 
 Off CUDA (or with ``capture=False``) the same body runs eagerly: that is how the tests check it on a CPU.
-A Transformer's KV cache grows and the attention learners read their position from ``state.length``, so
-they take the engine's ordinary path.
+A Transformer's KV cache grows (its step would need a cache preallocated to the episode's length), so it
+takes the engine's ordinary path.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class FusedStep:
 
     def _capture(self) -> None:
         """Warm up on a side stream (as CUDA graphs require), capture, and put the state back to empty."""
-        empty = [t.clone() for t in self.state.tensors()]
+        kept = self.state.tensors() + self.state.counters()
+        empty, length = [t.clone() for t in kept], self.state.length
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -64,17 +66,19 @@ class FusedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._body()
-        for buffer, value in zip(self.state.tensors(), empty):
+        for buffer, value in zip(kept, empty):
             buffer.copy_(value)
+        self.state.length = length  # (a step that updates its state object in place advanced it)
 
     def run(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """x (1, *x_shape), y (1,): one stream example. Returns predictions (Q,) and norms (n_layers,)."""
         self.x.copy_(x)
         self.y.copy_(y)
+        length = self.state.length
         if self.graph is not None:
             self.graph.replay()
         else:
             self._body()
-        self.state.length += 2
+        self.state.length = length + 2  # bookkeeping (whether or not the body advanced it)
         out = self.out.cpu().numpy()  # the step's one device-to-host copy (and its one wait)
         return out[: self.n_queries].astype(np.int64), out[self.n_queries:]

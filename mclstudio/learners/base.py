@@ -89,6 +89,11 @@ class State(ABC):
     def layer_norms(self) -> Tensor:
         """(B, n_layers): the Frobenius norm of each layer's memory, per episode."""
 
+    def counters(self) -> list[Tensor]:
+        """Device-side counters a step advances in place (a position), not memory proper: a step replayed
+        from a CUDA graph (engine/graphs.py) reads them from the device instead of ``length``."""
+        return []
+
     def nbytes(self) -> int:
         """Bytes of memory proper the state holds (used, not reserved)."""
         return sum(t.numel() * t.element_size() for t in self.tensors())

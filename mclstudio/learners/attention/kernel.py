@@ -21,6 +21,8 @@ class MatrixState(State):
     """Kernel (linear / Performer) attention's memory, fixed size: per layer
     S[l]: (B, H, m, d_head) = sum_j phi(k_j) v_j^T and z[l]: (B, H, m) = sum_j phi(k_j).
 
+    position: (1,) int64 on the device, equal to ``length``: where the next token sits (``counters``), so
+    that a step captured as a CUDA graph reads its position from the device.
     phi_k[l]: (B, H, length, m) and values[l]: (B, H, length, d_head), the features and values of every
     token read so far, kept only when asked for (``scan(..., keep_history=True)`` or with ``ends``)
     because association rows and anytime queries need them; they are not part of the memory proper (not
@@ -34,11 +36,15 @@ class MatrixState(State):
         self.S = S
         self.z = z
         self.length = length
+        self.position = torch.full((1,), length, dtype=torch.long, device=S[0].device)
         self.phi_k = phi_k
         self.values = values
 
     def tensors(self) -> list[Tensor]:
         return [*self.S, *self.z]
+
+    def counters(self) -> list[Tensor]:
+        return [self.position]
 
     def layer_norms(self) -> Tensor:
         """(B, n_layers): Frobenius norm of [S, z] per layer."""
@@ -99,10 +105,14 @@ class KernelAttention(Attention):
         assert isinstance(state, MatrixState)
         pq, pk, v = self._features(x)  # (B, H, 1, .)
         with torch.autocast(x.device.type, enabled=False):
-            S = state.S[i] + pk.transpose(-1, -2) @ v  # (B, H, m, dh)
-            z = state.z[i] + pk[:, :, 0]  # (B, H, m)
+            add_S, add_z = pk.transpose(-1, -2) @ v, pk[:, :, 0]  # (B, H, m, dh), (B, H, m)
+            if torch.is_grad_enabled():  # new tensors: autograd may have saved the old ones
+                state.S[i], state.z[i] = state.S[i] + add_S, state.z[i] + add_z
+            else:  # in place: the memory keeps its buffers (a replayed CUDA graph reads them)
+                state.S[i].add_(add_S)
+                state.z[i].add_(add_z)
+            S, z = state.S[i], state.z[i]
             o = (pq @ S) / ((pq @ z.unsqueeze(-1)) + self.eps)
-        state.S[i], state.z[i] = S, z
         if state.phi_k is not None:
             state.phi_k[i] = torch.cat([state.phi_k[i], pk.to(state.phi_k[i].dtype)], dim=2)
         if state.values is not None:

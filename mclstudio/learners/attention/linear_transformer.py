@@ -37,6 +37,7 @@ class LinearTransformerLearner(AttentionLearner):
     """Linear Transformer (elu + 1 features); fixed-size state."""
 
     config_class: ClassVar[type[LearnerConfig]] = LinearTransformerConfig
+    fixed_shape_state: ClassVar[bool] = True  # S and z per layer, updated in place; the position on the device
 
     def _make_attention(self, config: TransformerConfig) -> Attention:
         d_head = config.d_model // config.n_heads

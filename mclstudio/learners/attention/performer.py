@@ -73,6 +73,7 @@ class PerformerLearner(AttentionLearner):
     """Performer (FAVOR+, features drawn once per layer at init and never redrawn); fixed-size state."""
 
     config_class: ClassVar[type[LearnerConfig]] = PerformerConfig
+    fixed_shape_state: ClassVar[bool] = True  # S and z per layer, updated in place; the position on the device
     config: PerformerConfig
 
     def _make_attention(self, config: TransformerConfig) -> Attention:

@@ -71,10 +71,18 @@ class AttentionLearner(Learner):
     def _make_attention(self, config: TransformerConfig) -> Attention:
         """One layer's attention module."""
 
-    def _with_position(self, h: Tensor, start: int, count: int) -> Tensor:
-        """Add the sinusoids of positions start .. start + count - 1 along h's token axis (-2)."""
-        pos = torch.arange(start, start + count, device=h.device)
+    def _with_position(self, h: Tensor, start: int | Tensor, count: int) -> Tensor:
+        """Add the sinusoids of positions start .. start + count - 1 along h's token axis (-2).
+        start: an int, or a (1,) int64 tensor on h's device (a state's position counter)."""
+        pos = start + torch.arange(count, device=h.device)
         return h + sinusoidal_positions(pos, self.config.d_model, h.dtype)
+
+    @staticmethod
+    def _next_position(state: State) -> int | Tensor:
+        """Where the next token (or a query) sits: the state's device-side counter where it keeps one
+        (the kernel attentions' fixed-size state, so that a captured step reads it), else its length."""
+        counters = state.counters()
+        return counters[0] if counters else state.length
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
         attn = self.layers[0].attn
@@ -97,13 +105,15 @@ class AttentionLearner(Learner):
 
     def step(self, state: State, h: Tensor) -> State:
         """h: (B, D), read at position state.length. Updates state in place and returns it."""
-        x = self._with_position(h.unsqueeze(1), state.length, 1)  # (B, 1, D)
+        x = self._with_position(h.unsqueeze(1), self._next_position(state), 1)  # (B, 1, D)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             a = layer.attn.step(state, i, layer.ln_1(x))
             if i < last:  # the last layer's output is not needed for the state
                 x = layer.finish(x, a)
         state.length += 1
+        for counter in state.counters():
+            counter.add_(1)
         return state
 
     def read(
@@ -112,7 +122,7 @@ class AttentionLearner(Learner):
         """hq: (B, Q, D), every query at position state.length (or at query_end[q], seeing the tokens
         before it) -> (B, Q, D) and, if with_rows, one (B, Q, state.length) row tensor per layer."""
         if query_end is None:
-            x = self._with_position(hq, state.length, 1)
+            x = self._with_position(hq, self._next_position(state), 1)
         else:
             x = hq + sinusoidal_positions(query_end, self.config.d_model, hq.dtype)
         rows: list[Tensor] = []
