@@ -227,3 +227,19 @@ def test_shifted_causal_conv_is_the_depthwise_conv():
     x = torch.randn(2, mixer.d_inner, 9, dtype=torch.float64)
     expected = mixer.conv1d(x)[..., :9]
     torch.testing.assert_close(shifted_causal_conv(x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias), expected)
+
+
+def test_longhorn_log1p_on_the_cpu_matches_float64():
+    """Longhorn's CPU log1p (Goldberg's identity through log, which torch vectorises) against float64
+    log1p from 0 through tiny to large arguments, and its gradient where 1 + x rounds to 1 (the where
+    branch must not leak a NaN)."""
+    from mclstudio.learners.longhorn import log1p_nonnegative
+
+    x = torch.cat([torch.zeros(3), torch.logspace(-12, 4, 2001), torch.rand(5000) * 3])
+    got = log1p_nonnegative(x).double()
+    want = torch.log1p(x.double())
+    assert float(((got - want).abs() / want.clamp_min(1e-300)).max()) < 3e-7
+    assert torch.equal(log1p_nonnegative(torch.tensor([0.0, 1e-9])), torch.tensor([0.0, 1e-9]))  # x where 1 + x == 1
+    z = torch.tensor([0.0, 1e-9, 0.5], requires_grad=True)
+    log1p_nonnegative(z).sum().backward()
+    torch.testing.assert_close(z.grad, torch.tensor([1.0, 1.0, 1 / 1.5]))
