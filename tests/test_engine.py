@@ -160,3 +160,24 @@ def test_fused_step_is_only_for_fixed_shape_states():
     assert engine._fused == [None]
     with pytest.raises(ValueError, match="fused_step"):
         EngineConfig(fused_step="always").validate(4)
+
+
+def test_a_step_that_cannot_be_fused_streams_op_by_op(monkeypatch):
+    """If building the fused step fails (a capture CUDA refuses), that learner streams op by op: the same
+    snapshots as fused_step="off", and no failure for the user."""
+    import mclstudio.engine.stream as stream
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    learner = tiny_learner("mamba")
+    ep = tiny_episode()
+    reference = StreamEngine({"m": learner}, ep, EngineConfig(fused_step="off")).run()
+    monkeypatch.setattr(stream, "FusedStep", refuse)
+    engine = StreamEngine({"m": learner}, ep, EngineConfig(fused_step="uncaptured"))
+    snaps = engine.run()
+    assert engine._fused == [None]
+    for (ref,), (got,) in zip(reference, snaps):
+        assert got.accuracy == ref.accuracy
+        np.testing.assert_array_equal(got.predictions, ref.predictions)
+        np.testing.assert_array_equal(got.layer_norms, ref.layer_norms)

@@ -57,18 +57,20 @@ class FusedStep:
         """Warm up on a side stream (as CUDA graphs require), capture, and put the state back to empty."""
         kept = self.state.tensors() + self.state.counters()
         empty, length = [t.clone() for t in kept], self.state.length
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._body()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
                 self._body()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._body()
-        for buffer, value in zip(kept, empty):
-            buffer.copy_(value)
-        self.state.length = length  # (a step that updates its state object in place advanced it)
+        finally:  # captured or not, the stream starts from the empty state
+            for buffer, value in zip(kept, empty):
+                buffer.copy_(value)
+            self.state.length = length  # (a step that updates its state object in place advanced it)
 
     def run(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """x (1, *x_shape), y (1,): one stream example. Returns predictions (Q,) and norms (n_layers,)."""

@@ -190,8 +190,11 @@ class StreamEngine:
             return None
         if mode == "auto" and not ep.query_x.is_cuda:
             return None
-        return FusedStep(learner, state, ep.stream_x[:, 0], ep.stream_y[:, 0], self._query_embeddings[k],
-                         capture=mode == "auto")
+        try:
+            return FusedStep(learner, state, ep.stream_x[:, 0], ep.stream_y[:, 0], self._query_embeddings[k],
+                             capture=mode == "auto")
+        except RuntimeError:  # a step CUDA cannot capture: the op-by-op path is the reference, so stream on it
+            return None
 
     def _step(
         self, i: int, name: str, learner: Learner, states: list[State], k: int, matrix: np.ndarray
