@@ -18,7 +18,9 @@ from mclstudio.training.adapt import AdaptConfig, adapt
 from mclstudio.store.adapters import AdapterError, load_adapter, load_learners
 from mclstudio.store.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from mclstudio.training.loop import meta_train_step, warmup_halving_schedule
+from cli_helpers import one_line_error, run_cli
 from learner_helpers import inputs, stream_recurrently
+
 
 TINY = {"d_model": 16, "n_layers": 1, "encoder_channels": 8, "y_vocab": 12}
 EPISODE = ["--tasks", "3", "--shots", "1", "--test-shots", "1"]
@@ -34,21 +36,6 @@ def save_tiny(path: Path, model: str, seed: int = 0) -> Path:
     spec = EpisodeSpec(tasks=3, train_shots=1, test_shots=1, num_codes=12)
     save_checkpoint(path, tiny_learner(model, seed), {"episode_spec": spec.to_dict()})
     return path
-
-
-def run(capsys, *args: object) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(code: int, err: str, needle: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
 
 
 @pytest.fixture(scope="module")
@@ -154,67 +141,67 @@ def test_adapt_is_a_function_of_its_config(adapted, tmp_path):
 
 def test_eval_record_and_verify_with_an_adapter(adapted, tmp_path, capsys):
     ckpt, out, _ = adapted
-    code, stdout, err = run(capsys, "eval", ckpt, "--adapter", out, "--episodes", 2, "--batch-size", 2, "--json",
-                            "--device", "cpu", "--domain", "omniglot-mini:inverted")
+    code, stdout, err = run_cli(capsys, "eval", ckpt, "--adapter", out, "--episodes", 2, "--batch-size", 2, "--json",
+                                "--device", "cpu", "--domain", "omniglot-mini:inverted")
     assert code == 0, err
     report = json.loads(stdout)
     assert report["adapter"] == str(out) and report["results"][-1]["dataset"] == "omniglot-mini:inverted"
     rec = tmp_path / "run.h5"
-    code, _, err = run(capsys, "record", ckpt, ckpt, "--adapter", out, "--episodes", 1, "--tasks", 3, "--shots", 1,
-                       "--test-shots", 1, "--dataset", "omniglot-mini:inverted", "--eval-every", "task", "-o", rec)
+    code, _, err = run_cli(capsys, "record", ckpt, ckpt, "--adapter", out, "--episodes", 1, "--tasks", 3, "--shots", 1,
+                           "--test-shots", 1, "--dataset", "omniglot-mini:inverted", "--eval-every", "task", "-o", rec)
     assert code == 0, err
     with h5py.File(rec) as f:
         assert json.loads(f.attrs["learners"]) == ["mamba+mamba-inv", "mamba"]
         attrs = f["learners/mamba+mamba-inv"].attrs
         assert attrs["adapter_path"] == str(out) and attrs["adapter_sha256"] == file_sha256(out)
         assert "adapter_path" not in f["learners/mamba"].attrs
-    code, stdout, err = run(capsys, "replay", rec, "--verify", "--no-plot")
+    code, stdout, err = run_cli(capsys, "replay", rec, "--verify", "--no-plot")
     assert code == 0 and "verify: OK" in stdout, err
     changed = tmp_path / "changed.pt"  # verify re-applies the recorded adapter: a changed file is caught
     raw = torch.load(out, weights_only=True)
     raw["tensors"] = {k: v + 1 for k, v in raw["tensors"].items()}
     torch.save(raw, changed)
-    code, _, err = run(capsys, "record", ckpt, "--adapter", changed, "--episodes", 1, *EPISODE, "-o", tmp_path / "b.h5")
+    code, _, err = run_cli(capsys, "record", ckpt, "--adapter", changed, "--episodes", 1, *EPISODE, "-o", tmp_path / "b.h5")
     assert code == 0, err
     torch.save(torch.load(out, weights_only=True), changed)
-    code, _, err = run(capsys, "replay", tmp_path / "b.h5", "--verify", "--no-plot")
+    code, _, err = run_cli(capsys, "replay", tmp_path / "b.h5", "--verify", "--no-plot")
     assert code == 1 and "adapter" in err and "sha256" in err
 
 
 def test_replay_with_an_adapted_checkpoint(adapted, tmp_path, capsys):
     ckpt, out, _ = adapted
     rec = tmp_path / "run.h5"
-    code, _, err = run(capsys, "record", ckpt, "--episodes", 1, "--tasks", 3, "--shots", 1, "--test-shots", 1,
-                       "--dataset", "omniglot-mini:inverted", "-o", rec)
+    code, _, err = run_cli(capsys, "record", ckpt, "--episodes", 1, "--tasks", 3, "--shots", 1, "--test-shots", 1,
+                           "--dataset", "omniglot-mini:inverted", "-o", rec)
     assert code == 0, err
-    code, stdout, err = run(capsys, "replay", rec, "--json", "--with", ckpt, "--with", ckpt, "--adapter", out)
+    code, stdout, err = run_cli(capsys, "replay", rec, "--json", "--with", ckpt, "--with", ckpt, "--adapter", out)
     assert code == 0, err
     rows = {row["learner"]: row for row in json.loads(stdout)["learners"]}
     assert set(rows) == {"mamba", "mamba+mamba-inv", "mamba (with)"}
     assert rows["mamba+mamba-inv"]["source"] == f"with mamba.pt + {out.name}"
     # the plain checkpoint re-run reproduces the recording; the adapted one is a different learner
     assert rows["mamba (with)"]["accuracy_by_tasks_learned"] == rows["mamba"]["accuracy_by_tasks_learned"]
-    one_line_error(*run(capsys, "replay", rec, "--adapter", out)[::2], "--with")
+    one_line_error(*run_cli(capsys, "replay", rec, "--adapter", out)[::2], "--with")
     other = save_tiny(tmp_path / "transformer.pt", "transformer", 1)
-    one_line_error(*run(capsys, "replay", rec, "--with", other, "--adapter", out)[::2], "adapts mamba.pt")
+    one_line_error(*run_cli(capsys, "replay", rec, "--with", other, "--adapter", out)[::2], "adapts mamba.pt")
 
 
 def test_bad_adapters_and_options_get_one_line(adapted, tmp_path, capsys):
     ckpt, out, _ = adapted
     other = save_tiny(tmp_path / "transformer.pt", "transformer", 1)
-    one_line_error(*run(capsys, "eval", other, "--adapter", out)[::2], "adapts mamba.pt")
-    one_line_error(*run(capsys, "eval", ckpt, "--adapter", tmp_path / "missing.pt")[::2], "adapter not found")
-    one_line_error(*run(capsys, "eval", ckpt, "--adapter", ckpt)[::2], "it is a checkpoint")
-    one_line_error(*run(capsys, "eval", out)[::2], "is an adapter")
-    one_line_error(*run(capsys, "record", ckpt, "--adapter", out, "--adapter", out, "-o", tmp_path / "x.h5")[::2],
+    one_line_error(*run_cli(capsys, "eval", other, "--adapter", out)[::2], "adapts mamba.pt")
+    one_line_error(*run_cli(capsys, "eval", ckpt, "--adapter", tmp_path / "missing.pt")[::2], "adapter not found")
+    one_line_error(*run_cli(capsys, "eval", ckpt, "--adapter", ckpt)[::2], "it is a checkpoint")
+    one_line_error(*run_cli(capsys, "eval", out)[::2], "is an adapter")
+    one_line_error(*run_cli(capsys, "record", ckpt, "--adapter", out, "--adapter", out, "-o", tmp_path / "x.h5")[::2],
                    "already has an adapter")
     bad = [(["--rank", "0"], "rank must be at least 1"), (["--steps", "0"], "steps must be at least 1"),
            (["--dataset", "omniglot-mini:blurred"], "unknown dataset"), (["--alpha", "-1"], "positive")]
     for args, needle in bad:
         dataset = [] if "--dataset" in args else ["--dataset", "omniglot-mini:inverted"]
         argv = ["adapt", ckpt, *dataset, "--steps", 1, *EPISODE, "-o", tmp_path / "a.pt", *args]
-        one_line_error(*run(capsys, *argv)[::2], needle)
-    one_line_error(*run(capsys, "adapt", other, "--dataset", "omniglot-mini", "--ssm", "-o", tmp_path / "a.pt")[::2],
+        one_line_error(*run_cli(capsys, *argv)[::2], needle)
+    one_line_error(*run_cli(capsys, "adapt", other, "--dataset", "omniglot-mini", "--ssm", "-o", tmp_path / "a.pt")[::2],
                    "no SSM projections")
     with pytest.raises(AdapterError):
         load_learners([str(other), str(other)], [str(out)])

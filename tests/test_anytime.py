@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mclstudio.learners.registry import build_learner, make_config
+from cli_helpers import run_cli
 from learner_helpers import inputs, stream_recurrently
 
 TINY = dict(d_model=32, n_layers=2, x_shape=(1, 8, 8), y_vocab=10, encoder_channels=8)
@@ -177,23 +178,14 @@ def test_scan_keeps_the_states_at_the_ends(parallel):
 
 
 def test_train_objective_option(tmp_path, capsys):
-    from mclstudio.cli.main import main
-
-    def run(*args):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            return exc.code or 0, capsys.readouterr().err
-        return 0, capsys.readouterr().err
-
     base = ["train", "--model", "transformer", "--tasks", "3", "--shots", "1", "--test-shots", "1", "--steps", "2",
             "--batch-size", "2", "--d-model", "16", "--layers", "1", "--heads", "2", "--encoder-channels", "8",
             "--y-vocab", "12", "--device", "cpu"]
     for objective in ("anytime", "end"):
         out = tmp_path / f"{objective}.pt"
-        code, err = run(*base, *([] if objective == "anytime" else ["--objective", "end"]), "-o", out)
+        code, _, err = run_cli(capsys, *base, *([] if objective == "anytime" else ["--objective", "end"]), "-o", out)
         assert code == 0, err
         meta = torch.load(out, weights_only=True)["metadata"]
         assert meta["train_config"]["objective"] == objective
-    code, err = run(*base, "--objective", "middle", "-o", tmp_path / "bad.pt")
+    code, _, err = run_cli(capsys, *base, "--objective", "middle", "-o", tmp_path / "bad.pt")
     assert code == 2 and "middle" in err and "Traceback" not in err and not (tmp_path / "bad.pt").exists()

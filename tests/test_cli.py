@@ -7,50 +7,35 @@ import json
 import pytest
 import torch
 
-from mclstudio.cli.main import main
+
+from cli_helpers import one_line_error, run_cli
+
 
 TINY = ["--d-model", "16", "--layers", "1", "--encoder-channels", "8", "--y-vocab", "12", "--device", "cpu"]
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out, captured.err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code != 0
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def test_train_eval_info_round_trip(tmp_path, capsys):
     ckpt = tmp_path / "m.pt"
-    code, out, _ = run(capsys, "train", "--model", "mamba", "--tasks", "2", "--shots", "1", "--test-shots", "1",
-                       "--steps", "2", "--batch-size", "2", "--log-every", "1", "-o", str(ckpt), *TINY)
+    code, out, _ = run_cli(capsys, "train", "--model", "mamba", "--tasks", "2", "--shots", "1", "--test-shots", "1",
+                           "--steps", "2", "--batch-size", "2", "--log-every", "1", "-o", str(ckpt), *TINY)
     assert code == 0 and f"saved {ckpt}" in out
-    code, out, _ = run(capsys, "eval", str(ckpt), "--episodes", "4", "--batch-size", "4", "--json", "--device", "cpu")
+    code, out, _ = run_cli(capsys, "eval", str(ckpt), "--episodes", "4", "--batch-size", "4", "--json", "--device", "cpu")
     assert code == 0
     report = json.loads(out)
     assert report["model"] == "mamba" and len(report["results"]) == 6
     assert report["results"][0]["episodes"] == 4
-    code, out, _ = run(capsys, "info", str(ckpt))
+    code, out, _ = run_cli(capsys, "info", str(ckpt))
     assert code == 0 and json.loads(out)["config"]["d_model"] == 16
 
 
 def test_bad_checkpoint_paths_and_files(tmp_path, capsys):
-    assert_one_line_error(*run(capsys, "eval", str(tmp_path / "missing.pt"))[::2], "not found")
+    one_line_error(*run_cli(capsys, "eval", str(tmp_path / "missing.pt"))[::2], "not found")
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    assert_one_line_error(*run(capsys, "eval", str(text))[::2], "not a readable")
+    one_line_error(*run_cli(capsys, "eval", str(text))[::2], "not a readable")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.ones(1)}, foreign)
-    assert_one_line_error(*run(capsys, "info", str(foreign))[::2], "not an mclstudio checkpoint")
+    one_line_error(*run_cli(capsys, "info", str(foreign))[::2], "not an mclstudio checkpoint")
 
 
 @pytest.mark.parametrize(
@@ -70,11 +55,11 @@ def test_train_rejects_impossible_options(tmp_path, capsys, args, needle):
             "--d-model", "16", "--layers", "1", "--encoder-channels", "8", "--y-vocab", "1000"]
     if "--device" not in args:
         base += ["--device", "cpu"]
-    code, _, err = run(capsys, *base, *args)
-    assert_one_line_error(code, err, needle)
+    code, _, err = run_cli(capsys, *base, *args)
+    one_line_error(code, err, needle)
     assert not (tmp_path / "x.pt").exists()
 
 
 def test_unknown_model_is_a_usage_error(capsys):
-    code, _, err = run(capsys, "train", "--model", "lstm")
+    code, _, err = run_cli(capsys, "train", "--model", "lstm")
     assert code == 2 and "lstm" in err and "Traceback" not in err

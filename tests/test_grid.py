@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from mclstudio.cli.main import main
 from mclstudio.data import EpisodeSpec, get_source
 from mclstudio.metrics import episode_accuracy
 from mclstudio.store.checkpoint import load_checkpoint
 from mclstudio.training.evaluate import EVAL_SEED_BASE, Setting, anytime_curve, evaluate_grid, evaluate_setting
+
+from cli_helpers import run_cli
+
 
 MAMBA = Path(__file__).resolve().parents[1] / "checkpoints" / "mamba.pt"
 
@@ -24,16 +26,6 @@ MAMBA = Path(__file__).resolve().parents[1] / "checkpoints" / "mamba.pt"
 def mamba():
     torch.set_num_threads(1)
     return load_checkpoint(MAMBA)
-
-
-def run_cli(args: list, capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def scores(report: dict) -> list[tuple]:
@@ -89,18 +81,18 @@ def test_anytime_curve_takes_uneven_shots(mamba) -> None:
 def test_eval_grid_cli_json_is_strict_and_deterministic(capsys) -> None:
     args = ["eval", MAMBA, MAMBA, "--grid", "--grid-tasks", "2,300", "--grid-shots", "1", "--anytime", "3x1",
             "--episodes", 3, "--device", "cpu", "--json"]
-    code, out, err = run_cli(args, capsys)
+    code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     first, second = doc["checkpoints"]
     assert scores(first) == scores(second) and first["anytime"] == second["anytime"]  # same seeds, same answers
     assert first["cells"][1]["mean"] is None and "label codes" in first["cells"][1]["skipped"]
     assert len(first["anytime"]["mean"]) == 3 and first["anytime"]["mean"][-1] is not None
-    code, again, _ = run_cli(args, capsys)
+    code, again, _ = run_cli(capsys, *args)
     assert scores(json.loads(again)["checkpoints"][0]) == scores(first)
 
-    code, out, err = run_cli(["eval", MAMBA, "--grid", "--grid-tasks", "2", "--grid-shots", "1", "--anytime", "2x1",
-                              "--episodes", 2, "--device", "cpu"], capsys)
+    code, out, err = run_cli(capsys, "eval", MAMBA, "--grid", "--grid-tasks", "2", "--grid-shots", "1", "--anytime", "2x1",
+                             "--episodes", 2, "--device", "cpu")
     assert code == 0 and "tasks \\ shots" in out and "heatmap" in out and "anytime" in out, err
 
 
@@ -110,10 +102,10 @@ def test_eval_grid_cli_json_is_strict_and_deterministic(capsys) -> None:
     (["--anytime", "20"], "--anytime must be TASKSxSHOTS"),
 ])
 def test_eval_grid_bad_options_give_one_error_line(capsys, bad, message) -> None:
-    code, _, err = run_cli(["eval", MAMBA, "--grid", *bad], capsys)
+    code, _, err = run_cli(capsys, "eval", MAMBA, "--grid", *bad)
     assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {message}")
 
 
 def test_several_checkpoints_need_grid(capsys) -> None:
-    code, _, err = run_cli(["eval", MAMBA, MAMBA], capsys)
+    code, _, err = run_cli(capsys, "eval", MAMBA, MAMBA)
     assert code == 2 and err.strip() == "error: several checkpoints need --grid; give one checkpoint for the standard settings"

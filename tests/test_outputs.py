@@ -15,12 +15,14 @@ import h5py
 import pytest
 import torch
 
-from mclstudio.cli.main import main
 from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.files import OutputError, atomic_target, check_output, claim_output, output_lock
 from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.recording import read_recording
 from mclstudio.store.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+
+from cli_helpers import one_line_error, run_cli
+
 
 TINY_MODEL = ["--d-model", "16", "--layers", "1", "--encoder-channels", "4", "--y-vocab", "4", "--device", "cpu"]
 TINY_RUN = ["--tasks", "2", "--shots", "1", "--test-shots", "1", "--batch-size", "2", "--log-every", "1"]
@@ -28,21 +30,6 @@ RECORD = ["--episodes", "1", "--tasks", "2", "--shots", "1", "--test-shots", "1"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(capsys, *args: object) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(code: int, err: str, needle: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
 
 
 def save_tiny(path: Path, model: str = "mamba", seed: int = 0) -> Path:
@@ -131,19 +118,19 @@ def test_record_refuses_existing_output_and_own_input_appends_same_schema(tmp_pa
     sha_a = file_sha256(a)
     notes = tmp_path / "notes.txt"
     notes.write_text("unrelated")
-    one_line_error(*run(capsys, "record", a, *RECORD, "-o", notes)[::2], "already exists")
+    one_line_error(*run_cli(capsys, "record", a, *RECORD, "-o", notes)[::2], "already exists")
     assert notes.read_text() == "unrelated"
-    one_line_error(*run(capsys, "record", a, *RECORD, "-o", a, "--force")[::2], "own input")
+    one_line_error(*run_cli(capsys, "record", a, *RECORD, "-o", a, "--force")[::2], "own input")
     assert file_sha256(a) == sha_a
 
     rec = tmp_path / "run.h5"
-    assert run(capsys, "record", a, *RECORD, "-o", rec)[0] == 0
+    assert run_cli(capsys, "record", a, *RECORD, "-o", rec)[0] == 0
     first = rec.read_bytes()
-    one_line_error(*run(capsys, "record", a, *RECORD, "-o", rec)[::2], "pass --append")
+    one_line_error(*run_cli(capsys, "record", a, *RECORD, "-o", rec)[::2], "pass --append")
     assert rec.read_bytes() == first
-    code, out, err = run(capsys, "record", a, *RECORD, "--seed", "5", "--append", "-o", rec)
+    code, out, err = run_cli(capsys, "record", a, *RECORD, "--seed", "5", "--append", "-o", rec)
     assert code == 0 and "(appended)" in out, err
-    assert run(capsys, "record", a, *RECORD, "--append", "-o", rec)[0] == 0  # no --seed: after the recorded ones
+    assert run_cli(capsys, "record", a, *RECORD, "--append", "-o", rec)[0] == 0  # no --seed: after the recorded ones
     recording = read_recording(rec)
     assert [ep.index for ep in recording.episodes] == [0, 1, 2]
     assert [ep.spec.seed for ep in recording.episodes] == [0, 5, 6]
@@ -156,11 +143,11 @@ def test_record_refuses_existing_output_and_own_input_appends_same_schema(tmp_pa
         if "--eval-every" in other:
             argv = ["record", a, "--episodes", "1", "--tasks", "2", "--shots", "1", "--test-shots", "1",
                     "--eval-every", "step", "--append", "-o", rec]
-        one_line_error(*run(capsys, *argv)[::2], needle)
-    one_line_error(*run(capsys, "record", a, "--episodes", "1", "--tasks", "3", "--shots", "1", "--test-shots", "1",
-                        "--eval-every", "task", "--append", "-o", rec)[::2], "tasks")
+        one_line_error(*run_cli(capsys, *argv)[::2], needle)
+    one_line_error(*run_cli(capsys, "record", a, "--episodes", "1", "--tasks", "3", "--shots", "1", "--test-shots", "1",
+                            "--eval-every", "task", "--append", "-o", rec)[::2], "tasks")
     assert rec.read_bytes() == appended
-    code, _, _ = run(capsys, "record", a, *RECORD, "--force", "-o", rec)  # replaced: one episode again
+    code, _, _ = run_cli(capsys, "record", a, *RECORD, "--force", "-o", rec)  # replaced: one episode again
     assert code == 0 and len(read_recording(rec).episodes) == 1
     assert sorted(os.listdir(tmp_path)) == ["a.pt", "b.pt", "notes.txt", "run.h5"]  # no lock or temporary left
 
@@ -169,20 +156,20 @@ def test_two_record_runs_on_one_output_one_is_refused(tmp_path, capsys):
     a = save_tiny(tmp_path / "a.pt")
     rec = tmp_path / "run.h5"
     with output_lock(rec):  # another process recording there
-        one_line_error(*run(capsys, "record", a, *RECORD, "-o", rec)[::2], "being written by another process")
+        one_line_error(*run_cli(capsys, "record", a, *RECORD, "-o", rec)[::2], "being written by another process")
     assert not rec.exists()
 
 
 def test_replay_csv_refuses_existing_and_own_input(tmp_path, capsys):
     a = save_tiny(tmp_path / "a.pt")
     rec = tmp_path / "run.h5"
-    assert run(capsys, "record", a, *RECORD, "-o", rec)[0] == 0
+    assert run_cli(capsys, "record", a, *RECORD, "-o", rec)[0] == 0
     table = tmp_path / "acc.csv"
     table.write_text("mine")
-    one_line_error(*run(capsys, "replay", rec, "--csv", table, "--no-plot")[::2], "already exists")
+    one_line_error(*run_cli(capsys, "replay", rec, "--csv", table, "--no-plot")[::2], "already exists")
     assert table.read_text() == "mine"
-    one_line_error(*run(capsys, "replay", rec, "--csv", rec, "--force", "--no-plot")[::2], "own input")
-    code, _, err = run(capsys, "replay", rec, "--csv", table, "--force", "--no-plot")
+    one_line_error(*run_cli(capsys, "replay", rec, "--csv", rec, "--force", "--no-plot")[::2], "own input")
+    code, _, err = run_cli(capsys, "replay", rec, "--csv", table, "--force", "--no-plot")
     assert code == 0, err
     assert table.read_text().splitlines()[0].startswith("learner,episode,tasks_learned")
 
@@ -192,7 +179,7 @@ def test_train_default_output_is_a_new_run_folder(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     outs = []
     for _ in range(2):
-        code, out, err = run(capsys, "train", "--model", "mamba", "--steps", "1", *TINY_RUN, *TINY_MODEL)
+        code, out, err = run_cli(capsys, "train", "--model", "mamba", "--steps", "1", *TINY_RUN, *TINY_MODEL)
         assert code == 0, err
         outs.append(Path(out.split("saved ", 1)[1].split(" after")[0]))
     assert outs[0] != outs[1]
@@ -204,13 +191,13 @@ def test_train_default_output_is_a_new_run_folder(tmp_path, monkeypatch, capsys)
 
 def test_train_existing_output_needs_force_or_resume(tmp_path, capsys):
     out = tmp_path / "m.pt"
-    assert run(capsys, "train", "--steps", "1", *TINY_RUN, *TINY_MODEL, "-o", out)[0] == 0
+    assert run_cli(capsys, "train", "--steps", "1", *TINY_RUN, *TINY_MODEL, "-o", out)[0] == 0
     sha = file_sha256(out)
-    one_line_error(*run(capsys, "train", "--steps", "1", *TINY_RUN, *TINY_MODEL, "-o", out)[::2], "already exists")
+    one_line_error(*run_cli(capsys, "train", "--steps", "1", *TINY_RUN, *TINY_MODEL, "-o", out)[::2], "already exists")
     assert file_sha256(out) == sha
-    code, _, err = run(capsys, "train", "--steps", "2", *TINY_RUN, *TINY_MODEL, "-o", out, "--resume")
+    code, _, err = run_cli(capsys, "train", "--steps", "2", *TINY_RUN, *TINY_MODEL, "-o", out, "--resume")
     assert code == 0 and load_checkpoint(out).metadata["steps"] == 2, err
-    code, _, err = run(capsys, "train", "--steps", "1", *TINY_RUN, *TINY_MODEL, "-o", out, "--force")
+    code, _, err = run_cli(capsys, "train", "--steps", "1", *TINY_RUN, *TINY_MODEL, "-o", out, "--force")
     assert code == 0 and load_checkpoint(out).metadata["steps"] == 1, err
 
 
@@ -236,18 +223,18 @@ def test_ctrl_c_in_train_saves_a_resumable_checkpoint(tmp_path, monkeypatch, cap
     out = tmp_path / "m.pt"
     argv = ["train", "--steps", "3", *TINY_RUN, *TINY_MODEL, "-o", str(out)]
     _signal_after_first_step(monkeypatch, loop, signum)
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 130 and "interrupted after step 1" in err and str(out) in err, err
     ckpt = load_checkpoint(out, with_training_state=True)
     assert ckpt.training_state["step"] == 1 and ckpt.metadata["steps"] == 1
     resume = err.split("continue with: ")[1].strip()
     assert resume == shlex.join(["mclstudio", *argv[:-2], "--resume", "-o", str(out)])
     monkeypatch.undo()
-    code, _, err = run(capsys, *shlex.split(resume)[1:])
+    code, _, err = run_cli(capsys, *shlex.split(resume)[1:])
     assert code == 0 and load_checkpoint(out).metadata["steps"] == 3, err
     # the interrupted and resumed run ends where an uninterrupted one does
     straight = tmp_path / "straight.pt"
-    assert run(capsys, "train", "--steps", "3", *TINY_RUN, *TINY_MODEL, "-o", straight)[0] == 0
+    assert run_cli(capsys, "train", "--steps", "3", *TINY_RUN, *TINY_MODEL, "-o", straight)[0] == 0
     resumed, whole = load_checkpoint(out).learner.state_dict(), load_checkpoint(straight).learner.state_dict()
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
     assert sorted(os.listdir(tmp_path)) == ["m.pt", "straight.pt"]
@@ -263,15 +250,15 @@ def test_ctrl_c_in_adapt_saves_a_resumable_adapter(tmp_path, monkeypatch, capsys
     argv = ["adapt", str(base), "--dataset", "omniglot-mini:inverted", "--steps", "3", "--batch-size", "2",
             "--tasks", "2", "--shots", "1", "--test-shots", "1", "--rank", "2", "--device", "cpu", "-o", str(out)]
     _signal_after_first_step(monkeypatch, loop, signal.SIGINT)
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 130 and "interrupted after step 1" in err, err
     assert torch.load(out, weights_only=True)["training_state"]["step"] == 1
     monkeypatch.undo()
-    code, _, err = run(capsys, *shlex.split(err.split("continue with: ")[1].strip())[1:])
+    code, _, err = run_cli(capsys, *shlex.split(err.split("continue with: ")[1].strip())[1:])
     assert code == 0, err
     assert "training_state" not in torch.load(out, weights_only=True)
     straight = tmp_path / "straight.pt"
-    assert run(capsys, *argv[:-1], straight)[0] == 0
+    assert run_cli(capsys, *argv[:-1], straight)[0] == 0
     resumed, whole = load_adapter(out).tensors, load_adapter(straight).tensors
     assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
     assert file_sha256(base) == sha
@@ -282,7 +269,7 @@ def test_adapt_default_output_is_a_run_folder_and_never_its_input(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     args = ["--dataset", "omniglot-mini:inverted", "--steps", "1", "--batch-size", "1", "--tasks", "2", "--shots", "1",
             "--test-shots", "1", "--rank", "2", "--device", "cpu"]
-    code, out, err = run(capsys, "adapt", base, *args)
+    code, out, err = run_cli(capsys, "adapt", base, *args)
     assert code == 0, err
     saved = Path(out.split("saved ", 1)[1].split(" (")[0])
     assert saved.parts[0] == "runs" and saved.name == "adapter.pt"
@@ -301,17 +288,17 @@ def _strict(text: str) -> object:
 def test_json_output_is_strict_nan_becomes_null(tmp_path, capsys):
     ckpt = save_tiny(tmp_path / "a.pt")
     # one episode: no confidence interval (NaN inside), which must come out as null
-    code, out, err = run(capsys, "eval", ckpt, "--episodes", "1", "--batch-size", "1", "--noise", "0.5", "--json",
-                         "--device", "cpu")
+    code, out, err = run_cli(capsys, "eval", ckpt, "--episodes", "1", "--batch-size", "1", "--noise", "0.5", "--json",
+                             "--device", "cpu")
     assert code == 0, err
     report = _strict(out)
     assert report["results"][0]["episodes"] == 1 and report["results"][0]["ci95"] is None
     rec = tmp_path / "run.h5"
-    assert run(capsys, "record", ckpt, *RECORD, "-o", rec)[0] == 0
-    code, out, err = run(capsys, "replay", rec, "--json")
+    assert run_cli(capsys, "record", ckpt, *RECORD, "-o", rec)[0] == 0
+    code, out, err = run_cli(capsys, "replay", rec, "--json")
     assert code == 0, err
     assert _strict(out)["learners"][0]["accuracy_ci95"] is None
-    code, out, _ = run(capsys, "info", ckpt)
+    code, out, _ = run_cli(capsys, "info", ckpt)
     assert code == 0 and _strict(out)["config"]["d_model"] == 16
 
 
@@ -342,7 +329,7 @@ def test_a_full_disk_while_recording_keeps_the_finished_episodes_and_no_temporar
 
     a = save_tiny(tmp_path / "a.pt")
     rec = tmp_path / "run.h5"
-    assert run(capsys, "record", a, *RECORD, "-o", rec)[0] == 0
+    assert run_cli(capsys, "record", a, *RECORD, "-o", rec)[0] == 0
     before = rec.read_bytes()
 
     def copy_until_the_disk_is_full(src, dst):
@@ -350,7 +337,7 @@ def test_a_full_disk_while_recording_keeps_the_finished_episodes_and_no_temporar
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(hdf5.shutil, "copyfile", copy_until_the_disk_is_full)
-    code, _, err = run(capsys, "record", a, *RECORD, "--append", "-o", rec)
+    code, _, err = run_cli(capsys, "record", a, *RECORD, "--append", "-o", rec)
     errors = [line for line in err.splitlines() if line.startswith("error:")]  # after the progress lines
     assert code == 2 and errors == [err.strip().splitlines()[-1]], err
     assert errors[0] == f"error: cannot write {rec}: No space left on device; the file there is unchanged"

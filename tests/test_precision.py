@@ -20,7 +20,7 @@ from mclstudio.precision import autocast, check_precision
 from mclstudio.recording import read_recording
 from mclstudio.store.checkpoint import save_checkpoint
 from mclstudio.training.evaluate import Setting, evaluate_setting
-from test_cli import assert_one_line_error, run
+from cli_helpers import one_line_error, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models run fastest on one thread
 
@@ -92,16 +92,16 @@ def test_check_precision_one_line_reasons(monkeypatch):
 
 # ---- the commands -------------------------------------------------------------------------------
 def test_eval_at_bf16_and_bad_values(checkpoints, capsys, monkeypatch):
-    code, out, _ = run(capsys, "eval", checkpoints[0], "--episodes", "2", "--batch-size", "2", "--noise", "0.5",
-                       "--device", "cpu", "--precision", "bf16", "--json")
+    code, out, _ = run_cli(capsys, "eval", checkpoints[0], "--episodes", "2", "--batch-size", "2", "--noise", "0.5",
+                           "--device", "cpu", "--precision", "bf16", "--json")
     assert code == 0 and json.loads(out)["precision"] == "bf16"
     for command in (["eval", checkpoints[0]], ["record", checkpoints[0]], ["open", checkpoints[0]]):
-        assert_one_line_error(*run(capsys, *command, "--precision", "fp64")[::2], "fp32, bf16, fp16")
+        one_line_error(*run_cli(capsys, *command, "--precision", "fp64")[::2], "fp32, bf16, fp16")
     # a precision the device cannot run: one line, before any work
     precision_module._unsupported.cache_clear()
     monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: False)
-    code, _, err = run(capsys, "eval", checkpoints[0], "--device", "cpu", "--precision", "fp16")
-    assert_one_line_error(code, err, "fp16 needs torch.autocast")
+    code, _, err = run_cli(capsys, "eval", checkpoints[0], "--device", "cpu", "--precision", "fp16")
+    one_line_error(code, err, "fp16 needs torch.autocast")
     precision_module._unsupported.cache_clear()
 
 
@@ -110,7 +110,7 @@ def test_open_takes_the_precision_and_shows_it(checkpoints, capsys, monkeypatch,
 
     seen = {}
     monkeypatch.setattr(tui_cli, "open_studio", lambda paths, **kw: seen.update(kw))
-    assert run(capsys, "open", checkpoints[0], "--precision", "fp16")[0] == 0
+    assert run_cli(capsys, "open", checkpoints[0], "--precision", "fp16")[0] == 0
     assert seen["precision"] == "fp16"
 
     app = tui_cli.build_open_app([checkpoints[0]], tasks=3, shots=2, device="cpu", record_dir=tmp_path,
@@ -133,8 +133,8 @@ def test_open_takes_the_precision_and_shows_it(checkpoints, capsys, monkeypatch,
 
 def test_recordings_carry_the_precision_and_verify_at_it(checkpoints, capsys, monkeypatch, tmp_path):
     out = str(tmp_path / "run.h5")
-    code, text, _ = run(capsys, "record", *checkpoints, "--episodes", "1", "--tasks", "3", "--shots", "2",
-                        "--test-shots", "2", "--precision", "bf16", "-o", out)
+    code, text, _ = run_cli(capsys, "record", *checkpoints, "--episodes", "1", "--tasks", "3", "--shots", "2",
+                            "--test-shots", "2", "--precision", "bf16", "-o", out)
     assert code == 0 and "at bf16" in text
     with h5py.File(out, "r") as f:
         assert f.attrs["precision"] == "bf16" and f.attrs["schema_version"] == 1
@@ -143,7 +143,7 @@ def test_recordings_carry_the_precision_and_verify_at_it(checkpoints, capsys, mo
     used = []
     real = stream_module.autocast
     monkeypatch.setattr(stream_module, "autocast", lambda p, device: used.append(p) or real(p, device))
-    code, text, _ = run(capsys, "replay", out, "--verify", "--json")
+    code, text, _ = run_cli(capsys, "replay", out, "--verify", "--json")
     report = json.loads(text)
     assert code == 0 and report["verify"]["ok"] and report["precision"] == "bf16"
     assert set(used) == {"bf16"}

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mclstudio.cli.main import main
 from mclstudio.learners.protonet import EMPTY_LOGIT, ProtoNetConfig, ProtoNetLearner
 from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.recording import read_recording
+from cli_helpers import run_cli
 from learner_helpers import inputs, stream_recurrently
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,35 +94,25 @@ def test_config_refuses_layers_and_regression():
         ProtoNetConfig(y_vocab=0, y_dim=3)
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_protonet_trains_evaluates_records_and_replays(tmp_path, capsys):
     ckpt = tmp_path / "protonet.pt"
-    code, out, err = run(capsys, "train", "--model", "protonet", "--tasks", "3", "--shots", "2", "--test-shots", "1",
-                         "--steps", "3", "--batch-size", "2", "--log-every", "1", "--d-model", "16",
-                         "--encoder-channels", "8", "--y-vocab", "12", "--device", "cpu", "-o", ckpt)
+    code, out, err = run_cli(capsys, "train", "--model", "protonet", "--tasks", "3", "--shots", "2", "--test-shots", "1",
+                             "--steps", "3", "--batch-size", "2", "--log-every", "1", "--d-model", "16",
+                             "--encoder-channels", "8", "--y-vocab", "12", "--device", "cpu", "-o", ckpt)
     assert code == 0 and f"saved {ckpt}" in out, err
-    code, out, err = run(capsys, "eval", ckpt, "--episodes", "4", "--batch-size", "4", "--json", "--device", "cpu")
+    code, out, err = run_cli(capsys, "eval", ckpt, "--episodes", "4", "--batch-size", "4", "--json", "--device", "cpu")
     assert code == 0, err
     assert json.loads(out)["model"] == "protonet"
     rec = tmp_path / "run.h5"
-    code, out, err = run(capsys, "record", ckpt, "--episodes", "1", "--tasks", "3", "--shots", "2", "-o", rec)
+    code, out, err = run_cli(capsys, "record", ckpt, "--episodes", "1", "--tasks", "3", "--shots", "2", "-o", rec)
     assert code == 0, err
     trace = read_recording(rec).episodes[0].traces["protonet"]
     assert trace.state_bytes[0] == trace.state_bytes[-1] > 0  # fixed size
-    code, out, err = run(capsys, "replay", rec, "--json")
+    code, out, err = run_cli(capsys, "replay", rec, "--json")
     assert code == 0, err
     assert json.loads(out)["learners"][0]["learner"] == "protonet"
-    code, out, err = run(capsys, "train", "--model", "protonet", "--layers", "3", "--steps", "1", "--device", "cpu",
-                         "-o", tmp_path / "bad.pt")
+    code, out, err = run_cli(capsys, "train", "--model", "protonet", "--layers", "3", "--steps", "1", "--device", "cpu",
+                             "-o", tmp_path / "bad.pt")
     assert code != 0 and err.strip().startswith("error:") and "n_layers" in err and "Traceback" not in err
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from mclstudio.cli.main import main
 from mclstudio.data import EpisodeSpec, get_source
 from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.store.checkpoint import load_checkpoint, read_safely
@@ -26,6 +25,9 @@ from mclstudio.training.loop import (
 )
 from mclstudio.training.losses import selectivity_kl, task_loss
 from mclstudio.training.trainer import TrainConfig
+
+from cli_helpers import run_cli
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--d-model", "16", "--layers", "1", "--encoder-channels", "4", "--y-vocab", "4", "--device", "cpu",
@@ -50,15 +52,6 @@ def episodes(seed: int = 0):
 def constant_sgd(params: list[torch.nn.Parameter]):
     optimizer = torch.optim.SGD(params, lr=1.0)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-
-
-def run(capsys, *args: object) -> tuple[int, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 def test_the_step_at_bf16_computes_its_loss_under_autocast():
@@ -170,7 +163,7 @@ def test_train_and_adapt_take_precision(tmp_path, capsys):
     runs = {}
     for precision in ("auto", "fp32", "bf16", "fp16"):
         out = tmp_path / f"{precision}.pt"
-        code, err = run(capsys, "train", "--steps", "2", *TINY, "--precision", precision, "-o", out)
+        code, _, err = run_cli(capsys, "train", "--steps", "2", *TINY, "--precision", precision, "-o", out)
         assert code == 0, err
         runs[precision] = load_checkpoint(out, with_training_state=True)
     recorded = {p: c.metadata["train_config"]["precision"] for p, c in runs.items()}
@@ -181,15 +174,15 @@ def test_train_and_adapt_take_precision(tmp_path, capsys):
     for low in ("bf16", "fp16"):
         assert not all(torch.equal(weights[low][k], weights["fp32"][k]) for k in weights["fp32"])
     assert "scaler" in runs["fp16"].training_state and "scaler" not in runs["bf16"].training_state
-    code, err = run(capsys, "train", "--steps", "3", *TINY, "--precision", "fp16", "--resume", "-o", tmp_path / "fp16.pt")
+    code, _, err = run_cli(capsys, "train", "--steps", "3", *TINY, "--precision", "fp16", "--resume", "-o", tmp_path / "fp16.pt")
     assert code == 0 and load_checkpoint(tmp_path / "fp16.pt").metadata["steps"] == 3, err
 
     adapter = tmp_path / "adapter.pt"
-    code, err = run(capsys, "adapt", tmp_path / "fp32.pt", "--dataset", "omniglot-mini:inverted", "--steps", "1",
-                    "--batch-size", "2", "--rank", "2", "--device", "cpu", "--precision", "bf16", "-o", adapter)
+    code, _, err = run_cli(capsys, "adapt", tmp_path / "fp32.pt", "--dataset", "omniglot-mini:inverted", "--steps", "1",
+                           "--batch-size", "2", "--rank", "2", "--device", "cpu", "--precision", "bf16", "-o", adapter)
     assert code == 0, err
     assert read_safely(adapter, "adapter")["metadata"]["adapt_config"]["precision"] == "bf16"
     for command in (["train", *TINY], ["adapt", tmp_path / "fp32.pt", "--dataset", "omniglot-mini:inverted"]):
-        code, err = run(capsys, *command, "--precision", "fp64", "-o", tmp_path / "never.pt")
+        code, _, err = run_cli(capsys, *command, "--precision", "fp64", "-o", tmp_path / "never.pt")
         assert (code, err.strip()) == (2, "error: --precision must be one of auto, fp32, bf16, fp16, not 'fp64'")
     assert not (tmp_path / "never.pt").exists()

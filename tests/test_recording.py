@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from mclstudio.cli.main import main
 from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.learners.registry import build_learner, make_config
 from mclstudio.recording import SCHEMA_VERSION, RecordingError, read_recording, record_session
 from mclstudio.recording.session import rebuild_episode
 from mclstudio.store.checkpoint import load_checkpoint, save_checkpoint
+
+from cli_helpers import one_line_error, run_cli
+
 
 TINY = {"d_model": 16, "n_layers": 2, "encoder_channels": 8, "y_vocab": 12}
 SPEC = EpisodeSpec(tasks=3, train_shots=2, test_shots=2, seed=7, num_codes=12)
@@ -46,17 +48,6 @@ def session(tmp_path_factory):
     ckpts = [save_tiny(d / "mamba.pt", "mamba", 0), save_tiny(d / "transformer.pt", "transformer", 1)]
     path = record_session([load_checkpoint(c) for c in ckpts], SPEC, 2, d / "run.h5")
     return d, ckpts, path
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the CLI in-process through main(): (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_round_trip(session):
@@ -119,7 +110,7 @@ def test_kill_9_leaves_every_completed_episode_readable(tmp_path):
 
 def test_replay_summary_json_and_csv(session, capsys, tmp_path):
     d, ckpts, path = session
-    code, out, err = run_cli(["replay", path, "--json", "--csv", tmp_path / "curve.csv"], capsys)
+    code, out, err = run_cli(capsys, "replay", path, "--json", "--csv", tmp_path / "curve.csv")
     assert code == 0, err
     summary = json.loads(out)
     assert summary["episodes"] == 2 and [r["learner"] for r in summary["learners"]] == ["mamba", "transformer"]
@@ -129,14 +120,14 @@ def test_replay_summary_json_and_csv(session, capsys, tmp_path):
     assert transformer["final_state_bytes"] > transformer["first_state_bytes"]
     rows = list(csv.DictReader(open(tmp_path / "curve.csv")))
     assert len(rows) == 2 * 2 * 3 and rows[0]["learner"] == "mamba" and rows[2]["tasks_learned"] == "3"
-    code, out, err = run_cli(["replay", path], capsys)  # table and plot
+    code, out, err = run_cli(capsys, "replay", path)  # table and plot
     assert code == 0 and "mamba" in out and "tasks learned" in out
 
 
 def test_replay_with_another_checkpoint(session, capsys, tmp_path):
     d, ckpts, path = session
     other = save_tiny(tmp_path / "other.pt", "mamba", 3)
-    code, out, err = run_cli(["replay", path, "--json", "--with", other], capsys)
+    code, out, err = run_cli(capsys, "replay", path, "--json", "--with", other)
     assert code == 0, err
     learners = json.loads(out)["learners"]
     assert [r["learner"] for r in learners] == ["mamba", "transformer", "other"]
@@ -145,7 +136,7 @@ def test_replay_with_another_checkpoint(session, capsys, tmp_path):
 
 def test_verify_passes_then_reports_a_changed_checkpoint(session, capsys, tmp_path):
     d, ckpts, path = session
-    code, out, err = run_cli(["replay", path, "--verify", "--no-plot"], capsys)
+    code, out, err = run_cli(capsys, "replay", path, "--verify", "--no-plot")
     assert code == 0 and "verify: OK" in out, err
     # Same config, other weights, at the recorded path: the hash and the predictions differ.
     moved = tmp_path / "elsewhere"
@@ -158,7 +149,7 @@ def test_verify_passes_then_reports_a_changed_checkpoint(session, capsys, tmp_pa
         for g in [f["learners/transformer"], *[f[f"episodes/{e}/transformer"] for e in f["episodes"]]]:
             g.attrs["checkpoint_path"] = str(ckpts[1])
     save_tiny(moved / "mamba.pt", "mamba", 42)
-    code, out, err = run_cli(["replay", copy, "--verify", "--json"], capsys)
+    code, out, err = run_cli(capsys, "replay", copy, "--verify", "--json")
     assert code == 1
     report = json.loads(out)["verify"]
     assert not report["ok"] and any("sha256" in m for m in report["mismatches"])
@@ -166,29 +157,23 @@ def test_verify_passes_then_reports_a_changed_checkpoint(session, capsys, tmp_pa
     assert all(m.startswith("mamba") for m in report["mismatches"])
 
 
-def one_error_line(code: int, err: str) -> str:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
-    return lines[0]
-
-
-def test_bad_files_get_one_error_line(session, capsys, tmp_path):
+def test_bad_files_get_one_line_error(session, capsys, tmp_path):
     d, ckpts, path = session
     text = tmp_path / "notes.h5"
     text.write_text("not a recording\n")
-    assert "not an HDF5 file" in one_error_line(*run_cli(["replay", text], capsys)[::2])
+    assert "not an HDF5 file" in one_line_error(*run_cli(capsys, "replay", text)[::2], exit_code=2)
 
     future = tmp_path / "future.h5"
     future.write_bytes(path.read_bytes())
     with h5py.File(future, "a") as f:
         f.attrs["schema_version"] = 99
-    assert "schema version 99" in one_error_line(*run_cli(["replay", future], capsys)[::2])
+    assert "schema version 99" in one_line_error(*run_cli(capsys, "replay", future)[::2], exit_code=2)
 
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert "truncated or damaged" in one_error_line(*run_cli(["replay", truncated], capsys)[::2])
+    assert "truncated or damaged" in one_line_error(*run_cli(capsys, "replay", truncated)[::2], exit_code=2)
 
-    assert "not found" in one_error_line(*run_cli(["replay", tmp_path / "nope.h5"], capsys)[::2])
+    assert "not found" in one_line_error(*run_cli(capsys, "replay", tmp_path / "nope.h5")[::2], exit_code=2)
 
     # --verify with a recorded checkpoint gone
     lonely = tmp_path / "lonely"
@@ -196,7 +181,7 @@ def test_bad_files_get_one_error_line(session, capsys, tmp_path):
     ckpt = save_tiny(lonely / "mamba.pt", "mamba", 0)
     rec_path = record_session([load_checkpoint(ckpt)], SPEC, 1, lonely / "run.h5")
     ckpt.unlink()
-    line = one_error_line(*run_cli(["replay", rec_path, "--verify"], capsys)[::2])
+    line = one_line_error(*run_cli(capsys, "replay", rec_path, "--verify")[::2], exit_code=2)
     assert "missing" in line and "mamba.pt" in line
     with pytest.raises(RecordingError):
         read_recording(text)

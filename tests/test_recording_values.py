@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from mclstudio.cli.main import main
 from mclstudio.data.episodes import Episode, EpisodeSpec
 from mclstudio.data.sources import get_source
 from mclstudio.engine import EngineConfig, EpisodeTrace, StreamEngine, run_episode, same_class_pattern
 from mclstudio.recording import LearnerIdentity, RecordingWriter, read_recording, recording_summary, rerun, summarize
 from mclstudio.recording.hdf5 import _write_episode
 from mclstudio.recording.session import default_rows_queries
+from cli_helpers import run_cli
 from standin_learner import NearestNeighbourLearner, expected_accuracy_matrix
+
 
 SPEC = EpisodeSpec(tasks=4, train_shots=2, test_shots=3, seed=0, num_codes=12)
 MEMORIES = {"nn5": 5, "nn100": 100}  # forgets tasks that left its last 5 pairs / remembers everything
@@ -145,11 +146,9 @@ def test_summaries_and_replay_report_the_known_figures(recorded, tmp_path, capsy
         assert row["accuracy"] == pytest.approx(in_memory["accuracy"], abs=1e-6)
         assert row["final_state_bytes"] == in_memory["final_state_bytes"] > row["first_state_bytes"]
     # the replay command prints the same figures, and its CSV the per-episode curves
-    try:
-        main(["replay", str(path), "--json", "--csv", str(tmp_path / "curve.csv")])
-    except SystemExit as exc:
-        assert not exc.code
-    printed = {r["learner"]: r for r in json.loads(capsys.readouterr().out)["learners"]}
+    code, out, _ = run_cli(capsys, "replay", path, "--json", "--csv", tmp_path / "curve.csv")
+    assert not code
+    printed = {r["learner"]: r for r in json.loads(out)["learners"]}
     rows = list(csv.DictReader(open(tmp_path / "curve.csv")))
     for name in MEMORIES:
         exp = expected_summary([x[name][0] for x in expected])
@@ -190,8 +189,6 @@ def test_an_episode_a_crash_left_half_written_is_skipped(recorded, tmp_path, cap
     for r, tr in zip(rec.episodes, traces):
         for name in MEMORIES:
             assert_same_trace(r.traces[name], tr[name])
-    try:
-        main(["replay", str(crashed)])
-    except SystemExit as exc:
-        assert not exc.code
-    assert "2 incomplete skipped" in capsys.readouterr().out
+    code, out, _ = run_cli(capsys, "replay", crashed)
+    assert not code
+    assert "2 incomplete skipped" in out

@@ -12,6 +12,8 @@ from mclstudio.data import DataError, EpisodeSpec, ShapeRange, get_source, parse
 from mclstudio.data import augmentation
 from mclstudio.data.sources import OmniglotMini
 
+from cli_helpers import run_cli
+
 
 @pytest.fixture(scope="module")
 def omni() -> OmniglotMini:
@@ -176,18 +178,6 @@ def test_training_samples_one_shape_per_step_and_resumes_with_the_same(tmp_path,
 # ---- recordings and the studio carry uneven shots ----
 
 
-def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from mclstudio.cli.main import main
-
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_record_and_replay_uneven_shots(tmp_path, capsys) -> None:
     from mclstudio.learners.registry import build_learner, make_config
     from mclstudio.recording import read_recording
@@ -197,16 +187,16 @@ def test_record_and_replay_uneven_shots(tmp_path, capsys) -> None:
     ckpt = tmp_path / "m.pt"
     save_checkpoint(ckpt, build_learner(make_config("mamba", d_model=16, n_layers=1, encoder_channels=8, y_vocab=12)), {})
     out = tmp_path / "run.h5"
-    code, _, err = _run_cli(["record", ckpt, "--episodes", 1, "--tasks", 3, "--shots", "1,3,2", "--test-shots", 1,
-                             "-o", out], capsys)
+    code, _, err = run_cli(capsys, "record", ckpt, "--episodes", 1, "--tasks", 3, "--shots", "1,3,2", "--test-shots", 1,
+                           "-o", out)
     assert code == 0, err
     [episode] = read_recording(out).episodes
     assert episode.spec.shots == (1, 3, 2) and episode.spec.train_shots == 3
     assert episode.stream_task.tolist() == [0, 1, 1, 1, 2, 2]
     assert episode.traces["m"].num_examples == 6
-    code, stdout, err = _run_cli(["replay", out, "--verify", "--no-plot"], capsys)
+    code, stdout, err = run_cli(capsys, "replay", out, "--verify", "--no-plot")
     assert code == 0 and "verify: OK" in stdout, err  # replay rebuilds the uneven episode exactly
-    code, _, err = _run_cli(["record", ckpt, "--tasks", 3, "--shots", "1,2", "-o", tmp_path / "bad.h5"], capsys)
+    code, _, err = run_cli(capsys, "record", ckpt, "--tasks", 3, "--shots", "1,2", "-o", tmp_path / "bad.h5")
     assert code == 2 and err.strip() == "error: 3 tasks need one shot count each, not 2 (1,2)"
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mclstudio.cli.main import main
 from mclstudio.data.episodes import EpisodeSpec
 from mclstudio.recording.hdf5 import read_recording
 from mclstudio.recording.session import default_rows_queries, record_session
@@ -18,6 +17,9 @@ from mclstudio.tui.cli import build_open_app, build_replay_app
 from mclstudio.tui.headless import settle, start_live, wait_until
 from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
 from mclstudio.tui.widgets import AccuracyPanel, ExampleView, StatsPanel
+
+from cli_helpers import run_cli
+
 
 ROOT = Path(__file__).resolve().parent.parent
 MAMBA = str(ROOT / "checkpoints" / "mamba.pt")
@@ -159,20 +161,13 @@ def test_replay_tui_plays_a_recording(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-        raise SystemExit(0)
-    return int(exit_info.value.code or 0), capsys.readouterr().err
-
-
 @pytest.mark.parametrize("args, needle", [
     (["open", "missing.pt"], "checkpoint not found"),
     (["replay", "missing.h5", "--tui"], "recording not found"),
     (["open", MAMBA, "--tasks", "500"], "label codes"),
 ])
 def test_bad_paths_one_line_exit_2(capsys, args: list[str], needle: str) -> None:
-    code, err = run_cli(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and needle in lines[0], err
 
@@ -180,7 +175,7 @@ def test_bad_paths_one_line_exit_2(capsys, args: list[str], needle: str) -> None
 def test_bad_checkpoint_file(capsys, tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
-    code, err = run_cli(capsys, "open", MAMBA, str(bad))
+    code, _, err = run_cli(capsys, "open", MAMBA, str(bad))
     assert code == 2 and "not a readable PyTorch checkpoint" in err and "Traceback" not in err
 
 
