@@ -71,7 +71,6 @@ def _record(checkpoints: tuple[str, ...], adapters: tuple[str, ...], episodes: i
     from mclstudio.recording.session import default_rows_queries, record_session
     from mclstudio.store.adapters import load_learners
 
-    tasks, shots = spec.tasks, spec.train_shots
     loaded = load_learners(checkpoints, adapters)
     vocab = min(c.learner.config.y_vocab for c in loaded)
     spec = EpisodeSpec.from_dict({**spec.to_dict(), "num_codes": vocab})
