@@ -209,7 +209,7 @@ class StreamEngine:
         latency = time.perf_counter() - t0
         states[k] = state
 
-        task = int(ep.stream_task[i])
+        task = int(self._stream_task[i])  # the host copy: no device sync per step
         task_end = bool(self._task_end[i])
         snap = Snapshot(
             learner=name,
