@@ -146,7 +146,7 @@ def breakdown(setup: Setup, batch: int, steps: int, warmup: int) -> dict[str, fl
     setup.learner.embedding.x_encoder.requires_grad_(False)
     ms["step_encoder_frozen"] = 1000 * timed(lambda: setup.step(ep, table=table), setup.device, warmup, steps)
     setup.learner.embedding.x_encoder.requires_grad_(True)
-    del table
+    table = None  # frees the embeddings of the pool
     ms["forward"] = 1000 * timed(lambda: setup.forward_only(ep), setup.device, warmup, steps)
     setup.step(ep)  # leaves gradients for the optimizer-alone timing
     ms["clip_and_optimizer"] = 1000 * timed(setup.optimizer_only, setup.device, 1, steps)
@@ -155,20 +155,29 @@ def breakdown(setup: Setup, batch: int, steps: int, warmup: int) -> dict[str, fl
     return {k: round(v, 3) for k, v in ms.items()}
 
 
-def profile(setup: Setup, batch: int, top: int = 15) -> dict:
-    """One step (sampling included) under torch.profiler: GPU busy time, wall time, top kernels."""
+def profile(setup: Setup, batch: int, top: int = 15, sequence_model_only: bool = False) -> dict:
+    """One step (sampling included) under torch.profiler: GPU busy time, wall time, top kernels.
+    sequence_model_only: the step without the selectivity loss and with the encoder frozen (images
+    looked up as embeddings), to see where the sequence model's own training time goes."""
+    table = None
+    if sequence_model_only:
+        with torch.no_grad():
+            table = embed_pool(setup.learner, setup.source)
+        setup.learner.embedding.x_encoder.requires_grad_(False)
+    lam = 0.0 if sequence_model_only else SLCT_LAMBDA
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     ep = setup.sample(2, batch)
-    setup.step(ep)
+    setup.step(ep, lam, table)
     sync(setup.device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if setup.device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
         started = time.perf_counter()
-        setup.step(setup.sample(3, batch))
+        setup.step(setup.sample(3, batch), lam, table)
         sync(setup.device)
         wall = time.perf_counter() - started
+    setup.learner.embedding.x_encoder.requires_grad_(True)
     events = prof.key_averages()
     if setup.device.type == "cuda":
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
@@ -179,7 +188,11 @@ def profile(setup: Setup, batch: int, top: int = 15) -> dict:
         busy = float("nan")
         ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
         rows = [{"op": e.key[:120], "ms": round(e.self_cpu_time_total / 1000, 3), "calls": e.count} for e in ops[:top]]
-    return {"wall_ms": round(1000 * wall, 3), "gpu_busy_ms": round(busy, 3) if busy == busy else None, "top": rows}
+    host = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU), key=lambda e: e.self_cpu_time_total, reverse=True)
+    host_rows = [{"op": e.key[:80], "ms": round(e.self_cpu_time_total / 1000, 3), "calls": e.count} for e in host[:top]]
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+    return {"wall_ms": round(1000 * wall, 3), "gpu_busy_ms": round(busy, 3) if busy == busy else None, "top": rows,
+            "kernel_launches": launches, "host_top": host_rows}
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -188,6 +201,9 @@ def out_of_memory(exc: BaseException) -> bool:
 
 def bench(model: str, size: str, args: argparse.Namespace, device: torch.device, source) -> dict:
     setup = Setup(model, size, device, source)
+    if args.compile_encoder:
+        encoder = setup.learner.embedding.x_encoder
+        encoder.features = torch.compile(encoder.features)
     result: dict = {"parameters": setup.learner.num_parameters(), "config": SIZES[size][model]}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -197,6 +213,7 @@ def bench(model: str, size: str, args: argparse.Namespace, device: torch.device,
             result["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         result["breakdown_ms"] = breakdown(setup, args.batch, args.steps, args.warmup)
         result["profile"] = profile(setup, args.batch)
+        result["profile_sequence_model"] = profile(setup, args.batch, sequence_model_only=True)
     except Exception as exc:  # report and go on to the next learner
         if not out_of_memory(exc):
             raise
@@ -261,6 +278,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--compile-encoder", action="store_true", help="the image encoder's blocks through torch.compile")
     args = parser.parse_args()
     device = cuda_checked_device(args.device)
     models = [m for m in args.models.split(",") if m]
@@ -278,6 +296,7 @@ def main() -> None:
         "global_batch": args.batch,
         "selectivity_lambda": SLCT_LAMBDA,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "compiled_encoder": args.compile_encoder,
         "episode": "omniglot-mini meta-train, 20 tasks x 5 shots, 5 query shots",
         "learners": {},
     }
