@@ -195,16 +195,35 @@ def profile(setup: Setup, batch: int, top: int = 15, sequence_model_only: bool =
             "kernel_launches": launches, "host_top": host_rows}
 
 
+def compiled_encoder_error(setup: Setup) -> dict[str, float]:
+    """Compile the encoder's training pass (as ``train`` does on CUDA) and check it on one batch of
+    episode images against the modules under the same bf16 autocast: the largest difference of the
+    embeddings and of each parameter's gradient, relative to the largest value."""
+    encoder = setup.learner.embedding.x_encoder
+    images = setup.sample(0, 8).stream_x.flatten(0, 1)
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = encoder(images).float()
+        weights = torch.linspace(-1, 1, out.shape[-1], device=out.device)
+        return out.detach(), list(torch.autograd.grad((out * weights).sum(), list(encoder.parameters())))
+
+    expected, expected_grads = run()
+    encoder.compile_training()
+    got, got_grads = run()
+    relative = lambda a, b: float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))  # noqa: E731
+    return {"embeddings": relative(got, expected), "gradients": max(relative(g, e) for g, e in zip(got_grads, expected_grads))}
+
+
 def out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def bench(model: str, size: str, args: argparse.Namespace, device: torch.device, source) -> dict:
     setup = Setup(model, size, device, source)
-    if args.compile_encoder:
-        encoder = setup.learner.embedding.x_encoder
-        encoder.features = torch.compile(encoder.features)
     result: dict = {"parameters": setup.learner.num_parameters(), "config": SIZES[size][model]}
+    if args.compile_encoder and device.type == "cuda":
+        result["compiled_encoder_error"] = compiled_encoder_error(setup)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -278,7 +297,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--compile-encoder", action="store_true", help="the image encoder's blocks through torch.compile")
+    parser.add_argument("--no-compile-encoder", dest="compile_encoder", action="store_false",
+                        help="the image encoder's training pass eagerly (train compiles it on CUDA by default)")
     args = parser.parse_args()
     device = cuda_checked_device(args.device)
     models = [m for m in args.models.split(",") if m]

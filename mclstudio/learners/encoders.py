@@ -35,10 +35,22 @@ class ConvEncoder(nn.Module):
             c_in = channels
         self.features = nn.Sequential(*blocks)
         self.project = nn.Linear(channels * side * side, d_model)
+        # features through torch.compile for training (``compile_training``); kept out of the module
+        # tree so that checkpoints' keys do not change
+        self.__dict__["_compiled_features"] = None
+
+    def compile_training(self, backend: str = "inductor") -> None:
+        """Run ``features`` under autograd through torch.compile: GroupNorm, ReLU and pooling fused
+        forward and backward (the convolutions stay cuDNN's), which made a paper-sized Mamba's training
+        step 1.3x faster on an H200 (benchmarks/train_speed.py). Inference keeps the fused kernels."""
+        self.__dict__["_compiled_features"] = torch.compile(self.features, backend=backend)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.is_cuda and not torch.is_grad_enabled():
             return self.project(self._fused_features(x).flatten(1))
+        compiled = self.__dict__["_compiled_features"]
+        if compiled is not None and torch.is_grad_enabled():
+            return self.project(compiled(x).flatten(1))
         return self.project(self.features(x).flatten(1))
 
     def _fused_features(self, x: Tensor) -> Tensor:
