@@ -59,6 +59,7 @@ SIZES = {
         "linear_transformer": dict(d_model=512, n_layers=4, n_heads=8, d_ff=1024, encoder_channels=64),
         "performer": dict(d_model=512, n_layers=4, n_heads=8, d_ff=1024, n_features=128, encoder_channels=64),
         "longhorn": dict(d_model=256, n_layers=12, encoder_channels=64),
+        "protonet": dict(d_model=256, encoder_channels=64),
     },
     "shipped": {
         "mamba": dict(d_model=128, n_layers=4, encoder_channels=32),
@@ -66,6 +67,7 @@ SIZES = {
         "linear_transformer": dict(d_model=128, n_layers=4, n_heads=4, d_ff=256, encoder_channels=32),
         "performer": dict(d_model=128, n_layers=4, n_heads=4, d_ff=256, encoder_channels=32),
         "longhorn": dict(d_model=128, n_layers=4, encoder_channels=32),
+        "protonet": dict(d_model=128, encoder_channels=32),
     },
 }
 SLCT_LAMBDA = 0.5
