@@ -63,11 +63,17 @@ def test_fused_conv_token_matches_module(errors: dict[str, float]) -> None:
 
 def test_fused_rows_and_their_gradients_match_the_einsum(errors: dict[str, float]) -> None:
     rows = {k: v for k, v in errors.items() if k.startswith("rows")}
-    assert len(rows) == 10  # two shapes: the rows and the gradients of G, delta, B and A
+    assert len(rows) == 12  # two shapes: the rows and the gradients of the queries' delta and C, delta, B and A
     assert max(rows.values()) < 1e-5, rows
     longhorn = {k: v for k, v in errors.items() if k.startswith("longhorn rows")}
-    assert len(longhorn) == 8  # two shapes: the rows and the gradients of G, beta and B
-    assert max(longhorn.values()) < 1e-5, longhorn
+    assert len(longhorn) == 10  # two shapes: the rows and the gradients of the queries' beta and C, beta and B
+    assert max(longhorn.values()) < 2e-5, longhorn
+
+
+def test_fused_recall_and_its_gradients_match_pytorch(errors: dict[str, float]) -> None:
+    recall = {k: v for k, v in errors.items() if k.startswith("recall")}
+    assert len(recall) == 20  # two shapes, a shared state or one per query: values, gradients of h, delta, C, A
+    assert max(recall.values()) < 1e-5, recall
 
 
 def test_fused_diagonal_scan_and_its_gradients_match_the_recurrence(errors: dict[str, float]) -> None:

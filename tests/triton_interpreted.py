@@ -25,7 +25,8 @@ from mclstudio.learners.longhorn import longhorn_transition  # noqa: E402
 from mclstudio.learners.kernels.diagonal_scan import fused_diagonal_scan  # noqa: E402
 from mclstudio.learners.hidden_attention import stream_keys  # noqa: E402
 from mclstudio.learners.mamba import MambaConfig, MambaMixer  # noqa: E402
-from mclstudio.learners.scan import diagonal_read, mamba_transition  # noqa: E402
+from mclstudio.learners.kernels.query_recall import mamba_recall  # noqa: E402
+from mclstudio.learners.scan import diagonal_read, mamba_transition, query_weights  # noqa: E402
 
 
 def block_errors() -> dict[str, float]:
@@ -106,37 +107,67 @@ def conv_token_errors() -> dict[str, float]:
 
 
 def rows_errors() -> dict[str, float]:
-    """The fused hidden-attention rows and their gradients vs the PyTorch einsum over stream_keys, with
-    Mamba's keys (gradients of G, delta, B, A) and Longhorn's (G, beta, B): Q, L and d*N not multiples of
-    the tiles, N smaller than the tile's 16."""
+    """The fused hidden-attention rows and their gradients vs the PyTorch einsum of query_weights over
+    stream_keys, with Mamba's keys (gradients of the queries' delta and C, the stream's delta and B, and
+    A) and Longhorn's (the queries' and the stream's beta, C, B): Q, L and d_inner not multiples of the
+    tiles, N smaller than 16."""
     torch.manual_seed(4)
     errors = {}
     for batch, Q, L, d_inner, N in [(2, 37, 70, 12, 16), (1, 5, 9, 8, 4)]:
-        G = torch.randn(batch, Q, d_inner, N, requires_grad=True)
+        delta_q = (torch.rand(batch, Q, d_inner) * 0.5).requires_grad_()
+        C = torch.randn(batch, Q, N, requires_grad=True)
         delta = (torch.rand(batch, L, d_inner) * 0.5).requires_grad_()
         B = torch.randn(batch, L, N, requires_grad=True)
         A = (-torch.rand(d_inner, N) * 3 - 0.1).requires_grad_()
         weights = torch.randn(batch, Q, L)
-        inputs = {"G": G, "delta": delta, "B": B, "A": A}
+        inputs = {"delta_q": delta_q, "C": C, "delta": delta, "B": B, "A": A}
+        G = query_weights(C, mamba_transition(delta_q, A, C).log_decay)
         expected = torch.einsum("bqdn,bldn->bql", G, stream_keys(mamba_transition(delta, A, B))) / d_inner
         expected_grads = torch.autograd.grad((expected * weights).sum(), list(inputs.values()))
-        got = mamba_rows(G, delta, B, A)
+        got = mamba_rows(delta_q, C, delta, B, A)
         got_grads = torch.autograd.grad((got * weights).sum(), list(inputs.values()))
         key = f"rows b{batch} q{Q} l{L} d{d_inner} n{N}"
         errors[key] = ((got - expected).abs().max() / expected.abs().max()).item()
         for name, g, e in zip(inputs, got_grads, expected_grads):
             errors[f"{key} grad {name}"] = ((g - e).abs().max() / e.abs().max()).item()
         # Longhorn's transition: the log-decay per state entry (beta in (0, 1) from delta's role)
-        beta = torch.sigmoid(delta * 4 - 1)
-        longhorn = {"G": G, "beta": beta, "B": B}
+        beta_q, beta = torch.sigmoid(delta_q * 4 - 1), torch.sigmoid(delta * 4 - 1)
+        longhorn = {"beta_q": beta_q, "C": C, "beta": beta, "B": B}
+        G = query_weights(C, longhorn_transition(beta_q, C).log_decay)
         expected = torch.einsum("bqdn,bldn->bql", G, stream_keys(longhorn_transition(beta, B))) / d_inner
         expected_grads = torch.autograd.grad((expected * weights).sum(), list(longhorn.values()))
-        got = transition_rows(G, longhorn_transition(beta, B))
+        got = transition_rows(longhorn_transition(beta_q, C), C, longhorn_transition(beta, B))
         got_grads = torch.autograd.grad((got * weights).sum(), list(longhorn.values()))
         key = f"longhorn rows b{batch} q{Q} l{L} d{d_inner} n{N}"
         errors[key] = ((got - expected).abs().max() / expected.abs().max()).item()
         for name, g, e in zip(longhorn, got_grads, expected_grads):
             errors[f"{key} grad {name}"] = ((g - e).abs().max() / e.abs().max()).item()
+    return errors
+
+
+def recall_errors() -> dict[str, float]:
+    """What Mamba's queries recall of the state (kernels.query_recall) and its gradients (h, delta, C, A)
+    vs the PyTorch product of query_weights and h, with one state for all queries and one per query;
+    Q and d_inner not multiples of the tiles, N smaller than 16."""
+    torch.manual_seed(6)
+    errors = {}
+    for batch, Q, d_inner, N in [(2, 37, 20, 16), (1, 5, 8, 4)]:
+        for per_query in (False, True):
+            h = torch.randn(batch, *((Q,) if per_query else ()), d_inner, N, requires_grad=True)
+            delta = (torch.rand(batch, Q, d_inner) * 0.5).requires_grad_()
+            C = torch.randn(batch, Q, N, requires_grad=True)
+            A = (-torch.rand(d_inner, N) * 3 - 0.1).requires_grad_()
+            weights = torch.randn(batch, Q, d_inner)
+            inputs = {"h": h, "delta": delta, "C": C, "A": A}
+            G = query_weights(C, mamba_transition(delta, A, C).log_decay)
+            expected = (G * (h if per_query else h.unsqueeze(1))).sum(-1)
+            expected_grads = torch.autograd.grad((expected * weights).sum(), list(inputs.values()))
+            got = mamba_recall(h, delta, C, A)
+            got_grads = torch.autograd.grad((got * weights).sum(), list(inputs.values()))
+            key = f"recall {'per-query' if per_query else 'shared'} b{batch} q{Q} d{d_inner} n{N}"
+            errors[key] = ((got - expected).abs().max() / expected.abs().max()).item()
+            for name, g, e in zip(inputs, got_grads, expected_grads):
+                errors[f"{key} grad {name}"] = ((g - e).abs().max() / e.abs().max()).item()
     return errors
 
 
@@ -188,5 +219,5 @@ def diagonal_scan_errors() -> dict[str, float]:
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    print(json.dumps({**block_errors(), **encoder_errors(), **read_errors(), **conv_token_errors(), **rows_errors(),
+    print(json.dumps({**block_errors(), **encoder_errors(), **read_errors(), **conv_token_errors(), **rows_errors(), **recall_errors(),
                       **diagonal_scan_errors()}))

@@ -9,6 +9,7 @@ exp(delta * A) with a learned A, and the fused CUDA scan.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,7 +20,8 @@ from torch import Tensor, nn
 from mclstudio.learners.hidden_attention import normalised_rows
 from mclstudio.learners.kernels.mamba_read import fused_read_supported, mamba_read
 from mclstudio.learners.kernels.hidden_rows import fused_rows_supported, mamba_rows
-from mclstudio.learners.scan import ScanBackend, Transition, mamba_transition, selective_scan
+from mclstudio.learners.kernels.query_recall import fused_recall_supported, mamba_recall
+from mclstudio.learners.scan import ScanBackend, Transition, mamba_transition, read_output, selective_scan
 from mclstudio.learners.ssm import SelectiveMixer, SSMConfig, SSMLearner
 
 
@@ -52,20 +54,34 @@ class MambaMixer(SelectiveMixer):
     ) -> tuple[Tensor, Tensor]:
         return selective_scan(x, dt, self.A, B, C, self.D, z, self.dt_proj.bias, backend, ends)
 
-    def stream_rows(self, history: tuple[Tensor, Tensor], G: Tensor) -> Tensor:
-        """On CUDA, the rows by ``kernels.hidden_rows`` with Mamba's keys made in registers from (L, d)
-        and (L, N) inputs (the generic fused rows first form the (B, L, d_inner, N) log-decay)."""
-        if G.is_cuda and fused_rows_supported(G):
-            dt, B = history
-            return normalised_rows(mamba_rows(G, F.softplus(dt.float() + self.dt_proj.bias.float()), B, self.A))
-        return super().stream_rows(history, G)
+    def association_rows(
+        self, history: tuple[Tensor, Tensor], dt: Tensor, C: Tensor, query_move: Callable[[], Transition]
+    ) -> Tensor:
+        """On CUDA, the rows by ``kernels.hidden_rows`` with Mamba's keys and the queries' weights made
+        from (L, d), (Q, d) and (., N) inputs (the generic fused rows first form the (B, L, d_inner, N)
+        log-decay)."""
+        if C.is_cuda and fused_rows_supported(C.shape[-1]):
+            stream_dt, B = history
+            return normalised_rows(mamba_rows(self._delta(dt), C, self._delta(stream_dt), B, self.A))
+        return super().association_rows(history, dt, C, query_move)
 
     def read_queries(
-        self, ssm_state: Tensor, x: Tensor, z: Tensor, dt: Tensor, B: Tensor, C: Tensor, move: Transition | None
+        self, ssm_state: Tensor, x: Tensor, z: Tensor, dt: Tensor, B: Tensor, C: Tensor,
+        query_move: Callable[[], Transition],
     ) -> Tensor:
+        """On CUDA: in inference the whole read as one kernel (``kernels.mamba_read``); in training what
+        the queries recall of the state by ``kernels.query_recall`` (forward and backward), the rest
+        (``scan.read_output``) in PyTorch."""
         if x.is_cuda and not torch.is_grad_enabled() and fused_read_supported(ssm_state):
             return mamba_read(ssm_state, self.A, self.D, self.dt_proj.bias, x, z, dt, B, C)
-        return super().read_queries(ssm_state, x, z, dt, B, C, move)
+        if x.is_cuda and fused_recall_supported(ssm_state):
+            delta = self._delta(dt)
+            return read_output(mamba_recall(ssm_state, delta, C, self.A), x, z, C, self.D, delta, B)
+        return super().read_queries(ssm_state, x, z, dt, B, C, query_move)
+
+    def _delta(self, dt: Tensor) -> Tensor:
+        """Step sizes softplus(dt + dt_proj's bias) in float32; dt before the bias (..., d_inner)."""
+        return F.softplus(dt.float() + self.dt_proj.bias.float())
 
 
 class MambaLearner(SSMLearner):

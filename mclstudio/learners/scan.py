@@ -359,12 +359,18 @@ def diagonal_read(state: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, mov
     y_q = sum_n G_q[d, n] h[d, n] + rate_q u_q (key_q . C_q) + D u_q, with G_q = C_q exp(log_decay_q)
     (``query_weights``). Returns y (B, Q, d_inner) in u's dtype.
     """
-    u_f, C_f = widen(u), widen(C)
     # One product summed over n: a compiler fuses it into one pass, never storing (B, Q, d_inner, N).
-    recalled = (query_weights(C_f, move.log_decay) * (state if state.dim() == 4 else state.unsqueeze(1))).sum(-1)
-    own = move.rate * u_f * (move.key * C_f).sum(-1, keepdim=True)
-    y = (recalled + own + D * u_f) * F.silu(widen(z))
-    return y.to(u.dtype)
+    recalled = (query_weights(C, move.log_decay) * (state if state.dim() == 4 else state.unsqueeze(1))).sum(-1)
+    return read_output(recalled, u, z, C, D, move.rate, move.key)
+
+
+def read_output(recalled: Tensor, u: Tensor, z: Tensor, C: Tensor, D: Tensor, rate: Tensor, key: Tensor) -> Tensor:
+    """A query's read from what it recalls of the state, recalled = sum_n G_q h (B, Q, d_inner) float32:
+    y_q = (recalled + rate_q u_q (key_q . C_q) + D u_q) * silu(z_q), in u's dtype. u, z, rate (B, Q,
+    d_inner); key, C (B, Q, N)."""
+    u_f = widen(u)
+    own = widen(rate) * u_f * (widen(key) * widen(C)).sum(-1, keepdim=True)
+    return ((recalled + own + D * u_f) * F.silu(widen(z))).to(u.dtype)
 
 
 def query_weights(C: Tensor, log_decay: Tensor) -> Tensor:

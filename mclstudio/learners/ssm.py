@@ -16,8 +16,10 @@ stream's length.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -212,26 +214,32 @@ class SelectiveMixer(nn.Module):
         else:
             x = self._conv_token(conv_state.unsqueeze(1), x)
         dt, B, C = self._ssm_inputs(x)
-        move = self.transition(dt, B) if history is not None else None
-        y = self.read_queries(ssm_state, x, z, dt, B, C, move)
-        rows = None if move is None else self.stream_rows(history, query_weights(C, move.log_decay))
+        # The queries' (B, Q, d_inner, N) transition, made once and only if a path below needs it (the
+        # fused kernels work from dt and C).
+        query_move = functools.cache(lambda: self.transition(dt, B))
+        y = self.read_queries(ssm_state, x, z, dt, B, C, query_move)
+        rows = None if history is None else self.association_rows(history, dt, C, query_move)
         return self.out_proj(y), rows
 
     def read_queries(
-        self, ssm_state: Tensor, x: Tensor, z: Tensor, dt: Tensor, B: Tensor, C: Tensor, move: Transition | None
+        self, ssm_state: Tensor, x: Tensor, z: Tensor, dt: Tensor, B: Tensor, C: Tensor,
+        query_move: Callable[[], Transition],
     ) -> Tensor:
         """The SSM part of ``read``: x, z, dt (before dt_proj's bias) (B, Q, d_inner); B, C (B, Q, N);
-        move: the queries' Transition if already made. Returns gated y (B, Q, d_inner).
-        Mamba overrides this with a fused kernel on CUDA."""
-        return diagonal_read(ssm_state, x, z, C, self.D, move if move is not None else self.transition(dt, B))
+        query_move() the queries' Transition. Returns gated y (B, Q, d_inner).
+        Mamba overrides this with fused kernels on CUDA."""
+        return diagonal_read(ssm_state, x, z, C, self.D, query_move())
 
-    def stream_rows(self, history: tuple[Tensor, Tensor], G: Tensor) -> Tensor:
-        """Association rows (B, Q, L) of queries with weights G (B, Q, d_inner, N) over the stream whose
-        (dt, B) are history. Under autograd the (B, L, d_inner, N) keys are recomputed in the backward
-        pass rather than stored: they are the largest tensor of a training step."""
-
-        if G.is_cuda and fused_rows_supported(G):  # the keys made tile by tile in a kernel
-            return normalised_rows(transition_rows(G, self.transition(*history)))
+    def association_rows(
+        self, history: tuple[Tensor, Tensor], dt: Tensor, C: Tensor, query_move: Callable[[], Transition]
+    ) -> Tensor:
+        """Association rows (B, Q, L) of queries (dt before dt_proj's bias (B, Q, d_inner), C (B, Q, N),
+        query_move() their Transition) over the stream whose (dt, B) are history. Under autograd the
+        (B, L, d_inner, N) keys are recomputed in the backward pass rather than stored: they are the
+        largest tensor of a training step."""
+        if C.is_cuda and fused_rows_supported(C.shape[-1]):  # keys and weights made by a kernel
+            return normalised_rows(transition_rows(query_move(), C, self.transition(*history)))
+        G = query_weights(C, query_move().log_decay)
 
         def rows(dt: Tensor, B: Tensor, G: Tensor) -> Tensor:
             return query_rows(G, stream_keys(self.transition(dt, B)))

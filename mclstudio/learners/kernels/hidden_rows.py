@@ -13,13 +13,16 @@ N) float32 tensors per layer (flip, cumsum, exp, products, their backward and th
 checkpointing). Here:
 
 - ``_keys_kernel`` writes H once, in one pass, from its (L, d), (L, N) and (d, N) factors, each tile
-  a (tokens x channels x states) block so that every factor is loaded once and broadcast;
+  a (tokens x channels x states) block so that every factor is loaded once and broadcast. G has the
+  same form (G = exp(A delta_q) C: the query's step sizes for R, no rate, C for the key), so the same
+  kernel makes it from the queries' (Q, d) and (Q, N) inputs;
 - cuBLAS does the three products: alpha = G H^T, dG = dalpha H and dH = dalpha^T G, in TF32 (10-bit
   mantissas, float32 sums);
-- ``_stream_grads_kernel`` turns dH into the gradients of R, of the rate, of the key and of A in one
-  pass, reducing over n in the tile and over channels (dkey) and tokens (dA) with atomic adds.
+- ``_stream_grads_kernel`` turns dH (and dG) into the gradients of R, of the rate, of the key and of A
+  in one pass, reducing over n in the tile and over channels (dkey) and tokens (dA) with atomic adds.
 
-H is made again in the backward pass rather than kept (it is the largest tensor of a training step).
+G and H are made again in the backward pass rather than kept (H is the largest tensor of a training
+step).
 Keys made in registers inside three tile-product kernels (the previous design) took 17.6 ms a layer
 forward and backward at a paper-sized Mamba's shapes on an H200, against 4.5 ms written once with
 cuBLAS's products (benchmarks/rows_sweep.py). R comes from the log-decay by a reverse cumulative sum in
@@ -116,11 +119,10 @@ BLOCK_L, BLOCK_D = 32, 16
 MAX_STATES = 64  # a tile holds BLOCK_L * BLOCK_D * N floats
 
 
-def fused_rows_supported(G: Tensor) -> bool:
-    """Whether ``mamba_rows`` takes queries' weights G (B, Q, d_inner, N): kernels on, N a power of 2 of at
-    most MAX_STATES."""
-    N = G.shape[-1]
-    return fused_kernels_enabled() and G.dim() == 4 and power_of_2(N) and N <= MAX_STATES
+def fused_rows_supported(N: int) -> bool:
+    """Whether the kernels take N state entries per channel: kernels on, N a power of 2 of at most
+    MAX_STATES."""
+    return fused_kernels_enabled() and power_of_2(N) and N <= MAX_STATES
 
 
 @contextmanager
@@ -150,46 +152,62 @@ def _stream_keys(R: Tensor, rate: Tensor, key: Tensor, A: Tensor, per_state: boo
 
 
 class HiddenRows(torch.autograd.Function):
-    """alpha = (1/d_inner) einsum("bqdn,bldn->bql", G, E * rate * key), E = exp(A R) or exp(R) (A None),
-    with float32 keys and TF32 products."""
+    """alpha = (1/d_inner) einsum("bqdn,bldn->bql", G, H) with both sides made by ``_keys_kernel``:
+    the queries' weights G = exp(A Rq) Cq (``scan.query_weights``: Rq their step sizes, or their
+    log-decay per state entry when A is None) and the stream's keys H = exp(A R) rate key; float32
+    keys, TF32 products. Neither side is kept for the backward pass: both are made again there."""
 
     @staticmethod
-    def forward(ctx, G: Tensor, R: Tensor, rate: Tensor, key: Tensor, A: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx, Rq: Tensor, Cq: Tensor, R: Tensor, rate: Tensor, key: Tensor,  # type: ignore[override]
+                A: Tensor | None) -> Tensor:
         per_state = A is None
         A = R.new_ones(1) if A is None else A
-        G, R, rate, key, A = (t.float().contiguous() for t in (G, R, rate, key, A))
-        batch, Q, D, N = G.shape
-        G_flat, R_flat = G.view(batch, Q, D * N), R.flatten(2)
-        H = _stream_keys(R_flat, rate, key, A, per_state)
+        Rq, Cq, R, rate, key, A = (t.float().contiguous() for t in (Rq, Cq, R, rate, key, A))
+        ones = rate.new_ones(Rq.shape[0], Rq.shape[1], rate.shape[-1])  # the queries' side has no rate
+        G = _stream_keys(Rq.flatten(2), ones, Cq, A, per_state)
+        H = _stream_keys(R.flatten(2), rate, key, A, per_state)
         with _tf32_products():
-            alpha = torch.bmm(G_flat, H.transpose(1, 2)) / D
+            alpha = torch.bmm(G, H.transpose(1, 2)) / rate.shape[-1]
         ctx.per_state = per_state
-        ctx.save_for_backward(G, R, rate, key, A)
+        ctx.save_for_backward(Rq, Cq, R, rate, key, A)
         return alpha
 
     @staticmethod
     def backward(ctx, dalpha: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        G, R, rate, key, A = ctx.saved_tensors
+        Rq, Cq, R, rate, key, A = ctx.saved_tensors
         per_state = ctx.per_state
-        batch, Q, D, N = G.shape
-        L = R.shape[1]
-        G_flat, R_flat = G.view(batch, Q, D * N), R.flatten(2)
+        D = rate.shape[-1]
+        ones = rate.new_ones(Rq.shape[0], Rq.shape[1], D)
+        Rq_flat, R_flat = Rq.flatten(2), R.flatten(2)
         dalpha = dalpha.float().contiguous()
+        G = _stream_keys(Rq_flat, ones, Cq, A, per_state)
         H = _stream_keys(R_flat, rate, key, A, per_state)
         with _tf32_products():
-            dG = (torch.bmm(dalpha, H) / D).view_as(G)
+            dG = torch.bmm(dalpha, H)  # (batch, Q, D * N), divided by D in the kernel
             del H
-            dH = torch.bmm(dalpha.transpose(1, 2), G_flat)  # (batch, L, D * N), divided by D in the kernel
-        dR, drate = torch.empty_like(R_flat), torch.empty_like(rate)
-        dkey, dA = torch.zeros_like(key), torch.zeros_like(A)
-        _stream_grads_kernel[(batch, triton.cdiv(L, BLOCK_L), triton.cdiv(D, BLOCK_D))](
-            dH, R_flat, rate, key, A, dR, drate, dkey, dA, L, D, 1.0 / D,
-            dH.stride(0), dH.stride(1), R_flat.stride(0), R_flat.stride(1), rate.stride(0), rate.stride(1),
-            key.stride(0), key.stride(1), dR.stride(0), dR.stride(1), drate.stride(0), drate.stride(1),
-            dkey.stride(0), dkey.stride(1),
-            N=N, BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D, PER_STATE=per_state,
-        )
-        return dG, dR.view_as(R), drate, dkey, None if per_state else dA
+            dH = torch.bmm(dalpha.transpose(1, 2), G)  # (batch, L, D * N), likewise
+        del G
+        dRq, _, dCq, dAq = _grads_of_keys(dG, Rq_flat, ones, Cq, A, per_state, 1.0 / D)
+        dR, drate, dkey, dA = _grads_of_keys(dH, R_flat, rate, key, A, per_state, 1.0 / D)
+        return (dRq.view_as(Rq), dCq, dR.view_as(R), drate, dkey, None if per_state else dA + dAq)
+
+
+def _grads_of_keys(dH: Tensor, R: Tensor, rate: Tensor, key: Tensor, A: Tensor, per_state: bool,
+                   scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The gradients of R, rate, key and A from the gradient dH (batch, L, D * N) of keys made by
+    ``_stream_keys`` from them (times scale), by ``_stream_grads_kernel``."""
+    batch, L, D = rate.shape
+    N = key.shape[-1]
+    dR, drate = torch.empty_like(R), torch.empty_like(rate)
+    dkey, dA = torch.zeros_like(key), torch.zeros_like(A)
+    _stream_grads_kernel[(batch, triton.cdiv(L, BLOCK_L), triton.cdiv(D, BLOCK_D))](
+        dH, R, rate, key, A, dR, drate, dkey, dA, L, D, scale,
+        dH.stride(0), dH.stride(1), R.stride(0), R.stride(1), rate.stride(0), rate.stride(1),
+        key.stride(0), key.stride(1), dR.stride(0), dR.stride(1), drate.stride(0), drate.stride(1),
+        dkey.stride(0), dkey.stride(1),
+        N=N, BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D, PER_STATE=per_state,
+    )
+    return dR, drate, dkey, dA
 
 
 def reverse_exclusive_cumsum(x: Tensor) -> Tensor:
@@ -197,19 +215,22 @@ def reverse_exclusive_cumsum(x: Tensor) -> Tensor:
     return torch.flip(torch.cumsum(torch.flip(x, [1]), dim=1), [1]) - x
 
 
-def mamba_rows(G: Tensor, delta: Tensor, B: Tensor, A: Tensor) -> Tensor:
+def mamba_rows(delta_q: Tensor, C: Tensor, delta: Tensor, B: Tensor, A: Tensor) -> Tensor:
     """Signed, channel-averaged hidden attention of queries over a Mamba stream, alpha (batch, Q, L).
 
-    G: (batch, Q, d_inner, N) the queries' weights; delta: (batch, L, d_inner) the stream's step sizes
-    (after softplus); B: (batch, L, N); A: (d_inner, N). Equals
-    einsum("bqdn,bldn->bql", G, stream_keys(mamba_transition(delta, A, B))) / d_inner.
+    delta_q: (batch, Q, d_inner) the queries' step sizes (after softplus) and C (batch, Q, N) their
+    read-outs; delta: (batch, L, d_inner) the stream's step sizes; B: (batch, L, N); A: (d_inner, N).
+    Equals einsum("bqdn,bldn->bql", query_weights(C, delta_q[..., None] * A),
+    stream_keys(mamba_transition(delta, A, B))) / d_inner.
     """
     delta = delta.float()
-    return HiddenRows.apply(G, reverse_exclusive_cumsum(delta), delta, B, A)
+    return HiddenRows.apply(delta_q, C, reverse_exclusive_cumsum(delta), delta, B, A)
 
 
-def transition_rows(G: Tensor, move: Transition) -> Tensor:
-    """The same for any transition (Longhorn's): the stream's Transition move, time second, whose
-    log-decay (batch, L, d_inner, N) is summed to the end of the stream in PyTorch. Equals
-    einsum("bqdn,bldn->bql", G, stream_keys(move)) / d_inner."""
-    return HiddenRows.apply(G, reverse_exclusive_cumsum(move.log_decay.float()), move.rate, move.key, None)
+def transition_rows(query_move: Transition, C: Tensor, move: Transition) -> Tensor:
+    """The same for any transition (Longhorn's): the queries' Transition (batch, Q, ...) and C (batch,
+    Q, N); the stream's Transition move, time second, whose log-decay (batch, L, d_inner, N) is summed to
+    the end of the stream in PyTorch. Equals einsum("bqdn,bldn->bql", query_weights(C,
+    query_move.log_decay), stream_keys(move)) / d_inner."""
+    R = reverse_exclusive_cumsum(move.log_decay.float())
+    return HiddenRows.apply(query_move.log_decay, C, R, move.rate, move.key, None)
