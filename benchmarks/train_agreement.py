@@ -2,7 +2,8 @@
 
 Trains a learner for a few hundred steps three times with ``trainer.meta_train_step``:
 - fast, seed 0: mamba_ssm's scan with the probe-token state, the fused rows (keys by Triton, products by
-  cuBLAS), the Triton diagonal scan (Longhorn), the compiled encoder on CUDA, fused Adam;
+  cuBLAS), the Triton diagonal scan (Longhorn), torch.compile's encoder (and Longhorn's transition) on
+  CUDA, fused Adam;
 - fast, seed 1: the same path, other weights and episodes: the run-to-run spread;
 - reference, seed 0: our PyTorch scan and rows (``scan_backend = "reference"``, ``fused_kernels(False)``).
 It reports the loss curves smoothed over windows, the largest and mean gap between the fast and the
@@ -40,7 +41,7 @@ def run(model: str, size: str, seed: int, fast: bool, args: argparse.Namespace, 
     if not fast and isinstance(learner, SSMLearner):
         learner.scan_backend = "reference"
     if fast and device.type == "cuda":  # as ``train`` does on CUDA
-        learner.embedding.x_encoder.compile_training()
+        learner.compile_training()
     learner.train()
     params = list(learner.parameters())
     optimizer = build_optimizer(learner, args.lr, device) if fast else torch.optim.Adam(params, lr=args.lr)

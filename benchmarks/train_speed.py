@@ -224,8 +224,9 @@ def out_of_memory(exc: BaseException) -> bool:
 def bench(model: str, size: str, args: argparse.Namespace, device: torch.device, source) -> dict:
     setup = Setup(model, size, device, source)
     result: dict = {"parameters": setup.learner.num_parameters(), "config": SIZES[size][model]}
-    if args.compile_encoder and device.type == "cuda":
+    if args.compile and device.type == "cuda":
         result["compiled_encoder_error"] = compiled_encoder_error(setup)
+        setup.learner.compile_training()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -299,8 +300,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--no-compile-encoder", dest="compile_encoder", action="store_false",
-                        help="the image encoder's training pass eagerly (train compiles it on CUDA by default)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="no torch.compile of the training pass (train compiles on CUDA by default)")
     args = parser.parse_args()
     device = cuda_checked_device(args.device)
     models = [m for m in args.models.split(",") if m]
@@ -318,7 +319,7 @@ def main() -> None:
         "global_batch": args.batch,
         "selectivity_lambda": SLCT_LAMBDA,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
-        "compiled_encoder": args.compile_encoder,
+        "compiled": args.compile,
         "episode": "omniglot-mini meta-train, 20 tasks x 5 shots, 5 query shots",
         "learners": {},
     }

@@ -9,12 +9,10 @@ import csv
 import json
 import shutil
 from dataclasses import fields
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from mclstudio.data.episodes import Episode, EpisodeSpec
 from mclstudio.data.sources import get_source

@@ -210,3 +210,11 @@ class Learner(nn.Module, ABC):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def compile_training(self, backend: str = "inductor") -> None:
+        """Run the training pass's elementwise hot spots through torch.compile (``train`` does this on
+        CUDA): the image encoder's blocks here; learners add their own (Longhorn: its transition).
+        Parameters and checkpoints do not change; inference keeps its own kernels."""
+        encoder = self.embedding.x_encoder
+        if hasattr(encoder, "compile_training"):
+            encoder.compile_training(backend)

@@ -221,6 +221,10 @@ class SelectiveMixer(nn.Module):
         rows = None if history is None else self.association_rows(history, dt, C, query_move)
         return self.out_proj(y), rows
 
+    def compile_training(self, backend: str = "inductor") -> None:
+        """Compile what this mixer's training pass spends in PyTorch elementwise ops (``Learner.
+        compile_training``); Mamba's kernels need nothing, Longhorn compiles its transition."""
+
     def read_queries(
         self, ssm_state: Tensor, x: Tensor, z: Tensor, dt: Tensor, B: Tensor, C: Tensor,
         query_move: Callable[[], Transition],
@@ -277,6 +281,11 @@ class SSMLearner(Learner):
             nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
             with torch.no_grad():
                 layer.mixer.out_proj.weight /= math.sqrt(config.n_layers)
+
+    def compile_training(self, backend: str = "inductor") -> None:
+        super().compile_training(backend)
+        for layer in self.layers:
+            layer.mixer.compile_training(backend)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> SSMState:
         mixers = [layer.mixer for layer in self.layers]

@@ -22,7 +22,6 @@ from torch.nn.parallel import DistributedDataParallel
 from mclstudio.choices import OBJECTIVES
 from mclstudio.data import EpisodeSpec, ImageSource, ShapeRange, get_source
 from mclstudio.learners.base import Learner
-from mclstudio.learners.encoders import ConvEncoder
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.store.checkpoint import load_checkpoint, save_checkpoint
 from mclstudio.store.device import resolve_device
@@ -81,7 +80,7 @@ class TrainConfig:
     tasks_range: tuple[int, int] | None = None
     shots_range: tuple[int, int] | None = None
     augment: bool = False  # class-level augmentation of the meta-train images (data/augmentation.py)
-    compile_encoder: bool = True  # on CUDA, the image encoder's training path through torch.compile
+    compile: bool = True  # on CUDA, the training pass's elementwise hot spots through torch.compile
     learner: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -218,9 +217,8 @@ class MetaTraining:
             self.frozen_table = None if cfg.augment else embed_pool(learner, source)  # type: ignore[arg-type]
             learner.embedding.x_encoder.requires_grad_(False)
 
-        encoder = learner.embedding.x_encoder
-        if cfg.compile_encoder and device.type == "cuda" and isinstance(encoder, ConvEncoder):
-            encoder.compile_training()
+        if cfg.compile and device.type == "cuda":
+            learner.compile_training()
 
         model: torch.nn.Module = learner
         if world > 1:

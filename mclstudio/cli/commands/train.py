@@ -84,8 +84,9 @@ def _learner_overrides(kw: dict[str, Any]) -> dict[str, Any]:
 @click.option("--dropout", type=PROBABILITY, default=None, help="Attention models' dropout.")
 @click.option("--y-vocab", type=COUNT, default=None, help="Label codes (size for the longest stream to test) [100].")
 @click.option("--encoder-channels", type=COUNT, default=None)
-@click.option("--compile-encoder/--no-compile-encoder", default=True, show_default=True,
-              help="On CUDA, run the image encoder's training pass through torch.compile (1.3x faster steps).")
+@click.option("--compile/--no-compile", "compile_training", default=True, show_default=True,
+              help="On CUDA, run the training pass's hot spots (the image encoder; Longhorn's transition) "
+                   "through torch.compile.")
 def train_command(**kw: Any) -> None:
     """Meta-train a learner on the meta-train split."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -109,7 +110,7 @@ def train_command(**kw: Any) -> None:
         checkpoint_every=kw["checkpoint_every"], log_every=kw["log_every"],
         out=out, resume=kw["resume"], max_minutes=kw["max_minutes"], pretrain_steps=kw["pretrain_steps"],
         frozen_encoder_steps=kw["frozen_encoder_steps"], learner=learner, augment=kw["augment"],
-        compile_encoder=kw["compile_encoder"],
+        compile=kw["compile_training"],
         tasks_range=parse_range(kw["tasks_range"], "--tasks-range") if kw["tasks_range"] else None,
         shots_range=parse_range(kw["shots_range"], "--shots-range") if kw["shots_range"] else None,
     )

@@ -1,5 +1,5 @@
-"""The image encoder's compiled training path (``ConvEncoder.compile_training``): same values and
-gradients as its modules, checkpoints' keys unchanged, inference untouched. torch.compile's "aot_eager"
+"""The compiled training path (``Learner.compile_training``, ``ConvEncoder.compile_training``): same values
+and gradients as the plain modules, checkpoints' keys unchanged, inference untouched. torch.compile's "aot_eager"
 backend traces the same graph and autograd as the GPU's inductor without a C++ compiler, so this runs
 in seconds on the CPU."""
 
@@ -46,3 +46,27 @@ def test_compiled_path_is_the_one_taken_under_autograd() -> None:
     projected = encoder.project(encoder.features(x).flatten(1) * 2)
     torch.testing.assert_close(doubled.detach(), projected.detach())
     assert (doubled.detach() - plain).abs().max() > 1e-3
+
+
+def test_compiled_longhorn_trains_as_the_plain_one() -> None:
+    """Learner.compile_training on Longhorn (the encoder and every layer's transition): logits, rows and
+    every gradient of a loss as without it; inference does not call the compiled transition."""
+    from mclstudio.learners.longhorn import LonghornConfig, LonghornLearner
+
+    torch.manual_seed(2)
+    learner = LonghornLearner(LonghornConfig(d_model=16, n_layers=2, x_shape=(1, 16, 16), y_vocab=5, encoder_channels=16))
+    stream_x, stream_y, query_x = torch.rand(2, 6, 1, 16, 16), torch.randint(0, 5, (2, 6)), torch.rand(2, 4, 1, 16, 16)
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        out = learner(stream_x, stream_y, query_x, with_rows=True)
+        loss = out.logits.logsumexp(-1).sum() + sum((r * torch.arange(r.shape[-1])).sum() for r in out.rows)
+        return loss.detach(), list(torch.autograd.grad(loss, list(learner.parameters())))
+
+    expected, expected_grads = loss_and_grads()
+    learner.compile_training(backend="aot_eager")
+    assert all(layer.mixer.__dict__["_compiled_transition"] is not None for layer in learner.layers)
+    got, got_grads = loss_and_grads()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for g, e in zip(got_grads, expected_grads, strict=True):  # float32 sums in another order
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5 * float(e.abs().max()))
+    assert sum(float(g.abs().sum()) for g in got_grads) > 0
