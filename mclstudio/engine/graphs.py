@@ -2,16 +2,15 @@
 
 On a GPU a learner of the studio's size spends its step launching small kernels from Python (tens of
 microseconds each, hundreds per step), not computing. For a learner whose memory keeps one shape and
-whose step reads no Python-level counter (``Learner.fixed_shape_state``: Mamba, Longhorn, ProtoNet, and
-the Linear Transformer and Performer, whose memory is updated in place and position kept on the device), the
-whole step is captured once as a CUDA graph and replayed: the state's own tensors are the graph's static
+whose step reads no Python-level counter (``Learner.fixed_shape_state``: Mamba, Longhorn, ProtoNet; the
+Linear Transformer and Performer, whose memory is updated in place and position kept on the device; the
+Transformer, whose KV cache the engine preallocates for the episode's length, masked beyond a position
+kept on the device), the whole step is captured once as a CUDA graph and replayed: the state's own tensors are the graph's static
 buffers (the step's new state is copied back into them inside the graph), and every query is answered
 each step (queries never see each other, so the seen ones' answers are the same as answering them alone;
 the engine keeps the seen ones). One device-to-host copy per step carries the predictions and the norms.
 
 Off CUDA (or with ``capture=False``) the same body runs eagerly: that is how the tests check it on a CPU.
-A Transformer's KV cache grows (its step would need a cache preallocated to the episode's length), so it
-takes the engine's ordinary path.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ from mclstudio.learners.base import Learner, State
 class FusedStep:
     """One learner's step + queries + norms, replayed in place on ``state`` (whose tensors it owns).
 
-    state: the empty state to stream from (its tensors become the static buffers); x_like (1, *x_shape)
+    state: the empty state to stream from, made with ``max_tokens`` for the whole stream (its tensors
+    become the static buffers); x_like (1, *x_shape)
     and y_like (1,): example inputs (values unused); query_embeddings (1, Q, D): every query, embedded.
     ``run(x, y)`` reads one example and returns (predictions (Q,) int64, layer norms (n_layers,) float32)
     as numpy arrays; ``state`` then holds the memory after it."""
@@ -54,23 +54,30 @@ class FusedStep:
         self.out = torch.cat([predictions.to(torch.float32), state.layer_norms()[0].float()])
 
     def _capture(self) -> None:
-        """Warm up on a side stream (as CUDA graphs require), capture, and put the state back to empty."""
+        """Warm up on a side stream (as CUDA graphs require), capture, and put the state back to empty.
+        The state is put back after each warm-up step too, so that even a one-example stream's
+        preallocated memory never holds more tokens than it was made for."""
         kept = self.state.tensors() + self.state.counters()
         empty, length = [t.clone() for t in kept], self.state.length
+
+        def restore() -> None:
+            for buffer, value in zip(kept, empty):
+                buffer.copy_(value)
+            self.state.length = length  # (a step that updates its state object in place advanced it)
+
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
                     self._body()
+                    restore()
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self._body()
         finally:  # captured or not, the stream starts from the empty state
-            for buffer, value in zip(kept, empty):
-                buffer.copy_(value)
-            self.state.length = length  # (a step that updates its state object in place advanced it)
+            restore()
 
     def run(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """x (1, *x_shape), y (1,): one stream example. Returns predictions (Q,) and norms (n_layers,)."""

@@ -160,7 +160,12 @@ class StreamEngine:
         device = self.episode.query_x.device
         # the inputs' embeddings never change during an episode: embed them once
         with torch.inference_mode(), autocast(precision, device):
-            states = [learner.empty_state(1) for _, learner in self.learners]
+            # a learner to be fused gets a state preallocated for the whole episode (the Transformer's
+            # KV cache: one shape throughout, so that its step can be captured)
+            states = [
+                learner.empty_state(1, max_tokens=2 * self.num_examples if self._fuses(learner) else None)
+                for _, learner in self.learners
+            ]
             self._query_embeddings = [learner.embedding.embed_x(self.episode.query_x) for _, learner in self.learners]
             # the stream's, for the association rows (the steps embed their own x, inside the timed step)
             self._stream_embeddings = (
@@ -183,12 +188,17 @@ class StreamEngine:
         """Every step at once (tests and batch use); the same snapshots iteration yields."""
         return list(self)
 
+    def _fuses(self, learner: Learner) -> bool:
+        """Whether the learner steps through a FusedStep (see EngineConfig.fused_step)."""
+        mode = self.config.fused_step
+        if mode == "off" or self.config.eval_every != "step" or not learner.fixed_shape_state:
+            return False
+        return mode != "auto" or self.episode.query_x.is_cuda
+
     def _fused_step(self, learner: Learner, state: State, k: int) -> FusedStep | None:
         """Learner k's FusedStep, or None where it takes the op-by-op path (see EngineConfig.fused_step)."""
         mode, ep = self.config.fused_step, self.episode
-        if mode == "off" or self.config.eval_every != "step" or not learner.fixed_shape_state:
-            return None
-        if mode == "auto" and not ep.query_x.is_cuda:
+        if not self._fuses(learner):
             return None
         try:
             return FusedStep(learner, state, ep.stream_x[:, 0], ep.stream_y[:, 0], self._query_embeddings[k],
