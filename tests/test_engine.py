@@ -192,3 +192,25 @@ def test_a_step_that_cannot_be_fused_streams_op_by_op(monkeypatch):
         assert got.accuracy == ref.accuracy
         np.testing.assert_array_equal(got.predictions, ref.predictions)
         np.testing.assert_array_equal(got.layer_norms, ref.layer_norms)
+
+
+def test_rows_left_out_as_the_stream_goes_are_the_same_when_computed_later(learners):
+    """rows_for: only the named learners get association rows during the stream (the studio computes
+    rows only for the learners its map shows); ``rows`` computes another's afterwards, equal to what the
+    stream would have given it."""
+    ep = tiny_episode()
+    config = EngineConfig(rows_queries=(0, 2, 4))
+    full = StreamEngine(learners, ep, config).run()
+    engine = StreamEngine(learners, ep, config)
+    engine.rows_for = {"mamba"}
+    some = engine.run()
+    due = [i for i in range(len(full)) if engine.rows_due(i)]
+    assert due == [1, 3, 5] and [s[0].step for s in full if s[1].rows is not None] == due
+    for snaps, ref in zip(some, full):
+        assert snaps[1].rows is None and snaps[1].predictions.tolist() == ref[1].predictions.tolist()
+        if snaps[0].step in due:
+            np.testing.assert_array_equal(snaps[0].rows, ref[0].rows)
+    for i in due:
+        rows, same = engine.rows(1, i + 1)
+        np.testing.assert_array_equal(rows, full[i][1].rows)
+        np.testing.assert_array_equal(same, full[i][1].same_class)

@@ -16,6 +16,7 @@ Only classification episodes are supported (accuracy, predicted codes).
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,6 +153,11 @@ class StreamEngine:
         self._stream_task = self.episode.stream_task.cpu().numpy()
         self._query_task = self.episode.query_task.cpu().numpy()
         self._query_y = self.episode.query_y[0].cpu().numpy()
+        # The learners whose association rows are computed as the stream goes (None: every one). An app
+        # that shows only some may leave the others out, and compute theirs later with ``rows`` should it
+        # need them (rows depend only on the stream read so far): the studio, for the learners its map
+        # does not show (recording/playback.py).
+        self.rows_for: set[str] | None = None
 
     def __iter__(self) -> Iterator[list[Snapshot]]:
         for _, learner in self.learners:
@@ -252,10 +258,14 @@ class StreamEngine:
         done = snap.task + 1 if snap.task_end else snap.task  # rows filled: tasks finished so far
         if done and not np.isnan(matrix[done - 1, 0]):
             snap.forgetting = forgetting(matrix[:done, :done])
-        cfg = self.config
-        if len(cfg.rows_queries) and (cfg.rows_every == "step" or snap.task_end):
+        if self.rows_due(i) and (self.rows_for is None or snap.learner in self.rows_for):
             snap.rows, snap.same_class = self.rows(k, i + 1)
         return snap
+
+    def rows_due(self, i: int) -> bool:
+        """Whether association rows are computed after step i (rows_every, at task ends or every step)."""
+        cfg = self.config
+        return bool(cfg.rows_queries) and (cfg.rows_every == "step" or bool(self._task_end[i]))
 
     def _fused_snapshot(self, i: int, name: str, fused: FusedStep, k: int, matrix: np.ndarray) -> Snapshot:
         """Step i of learner k through its FusedStep: every query is answered; the seen ones are kept.
@@ -281,10 +291,10 @@ class StreamEngine:
     def rows(self, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Association rows of the configured queries for learner k after the first n examples:
         (n_layers, R, 2n) rows from the parallel path on the inputs fed so far, and (R, 2n) same-class.
-        Call it while iterating (it reads the embeddings made when the iteration started)."""
+        Call it once iteration has started (it reads the embeddings made then), during or after it."""
         ep, learner = self.episode, self.learners[k][1]
         stream_x, query_x = self._stream_embeddings[k][:, :n], self._query_embeddings[k][:, self._rows_index]
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.config.precision, ep.query_x.device):
             out = learner(stream_x, ep.stream_y[:, :n], query_x, with_rows=True, embedded=True)
         assert out.rows is not None
         rows = torch.stack([r[0] for r in out.rows]).float().cpu().numpy()  # (n_layers, R, 2n)
@@ -345,10 +355,16 @@ class EpisodeTrace:
         if snap.task_end:
             self.accuracy_matrix = snap.accuracy_matrix
         if snap.rows is not None:
-            padded = np.zeros((*snap.rows.shape[:2], 2 * self.num_examples), dtype=np.float16)
-            padded[..., : snap.rows.shape[-1]] = snap.rows
-            self.rows_steps.append(i)
-            self.rows.append(padded)
+            self.add_rows(i, snap.rows)
+
+    def add_rows(self, step: int, rows: np.ndarray) -> None:
+        """The association rows (n_layers, R, tokens) after ``step``, zero-padded to 2N tokens and kept in
+        step order (rows computed later, ``StreamEngine.rows_for``, may come after later steps')."""
+        padded = np.zeros((*rows.shape[:2], 2 * self.num_examples), dtype=np.float16)
+        padded[..., : rows.shape[-1]] = rows
+        at = bisect.bisect(self.rows_steps, step)
+        self.rows_steps.insert(at, step)
+        self.rows.insert(at, padded)
 
     def predictions_array(self) -> np.ndarray:
         """(E, Q) int16."""
