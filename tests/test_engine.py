@@ -214,3 +214,20 @@ def test_rows_left_out_as_the_stream_goes_are_the_same_when_computed_later(learn
         rows, same = engine.rows(1, i + 1)
         np.testing.assert_array_equal(rows, full[i][1].rows)
         np.testing.assert_array_equal(same, full[i][1].same_class)
+
+
+def test_several_fused_learners_launched_together_give_the_op_by_op_snapshots(learners):
+    """Each step launches every fused learner before collecting any (on a GPU the graphs queue back to
+    back): with two learners side by side, every snapshot equals the op-by-op path's, and each learner's
+    latency is its own step's."""
+    ep = tiny_episode(tasks=4, shots=2)
+    runs = {mode: StreamEngine(learners, ep, EngineConfig(fused_step=mode)).run() for mode in ("off", "uncaptured")}
+    for ref_snaps, fused_snaps in zip(runs["off"], runs["uncaptured"], strict=True):
+        for ref, fused in zip(ref_snaps, fused_snaps, strict=True):
+            assert (fused.learner, fused.state_bytes, fused.accuracy) == (ref.learner, ref.state_bytes, ref.accuracy)
+            np.testing.assert_array_equal(fused.query_index, ref.query_index)
+            np.testing.assert_array_equal(fused.predictions, ref.predictions)
+            np.testing.assert_allclose(fused.layer_norms, ref.layer_norms, rtol=1e-5)
+            np.testing.assert_array_equal(fused.accuracy_matrix, ref.accuracy_matrix)
+            assert fused.latency_s > 0
+    assert len({s.latency_s for snaps in runs["uncaptured"] for s in snaps}) > 1

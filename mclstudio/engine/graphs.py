@@ -15,6 +15,8 @@ Off CUDA (or with ``capture=False``) the same body runs eagerly: that is how the
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -29,7 +31,8 @@ class FusedStep:
     become the static buffers); x_like (1, *x_shape)
     and y_like (1,): example inputs (values unused); query_embeddings (1, Q, D): every query, embedded.
     ``run(x, y)`` reads one example and returns (predictions (Q,) int64, layer norms (n_layers,) float32)
-    as numpy arrays; ``state`` then holds the memory after it."""
+    as numpy arrays; ``state`` then holds the memory after it. ``launch`` and ``collect`` are its two
+    halves, so that an engine can queue every learner's graph before it waits for the first results."""
 
     def __init__(
         self, learner: Learner, state: State, x_like: Tensor, y_like: Tensor, query_embeddings: Tensor,
@@ -40,8 +43,12 @@ class FusedStep:
         self.n_queries = query_embeddings.shape[1]
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out = torch.empty(0)
+        self.seconds = 0.0  # the last step's time (``collect``)
+        self.started: torch.cuda.Event | None = None
+        self.finished: torch.cuda.Event | None = None
         if capture and x_like.is_cuda:
             self._capture()
+            self.started, self.finished = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def _body(self) -> None:
         """Read (self.x, self.y) into self.state's buffers; answer every query; fill self.out (Q + n_layers,)."""
@@ -79,15 +86,36 @@ class FusedStep:
         finally:  # captured or not, the stream starts from the empty state
             restore()
 
-    def run(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """x (1, *x_shape), y (1,): one stream example. Returns predictions (Q,) and norms (n_layers,)."""
+    def launch(self, x: Tensor, y: Tensor) -> None:
+        """Start reading one stream example, x (1, *x_shape), y (1,): on a GPU the graph is queued and this
+        returns at once; ``collect`` then waits for its results. ``state`` holds the memory after it."""
         self.x.copy_(x)
         self.y.copy_(y)
         length = self.state.length
         if self.graph is not None:
+            assert self.started is not None and self.finished is not None
+            self.started.record()
             self.graph.replay()
+            self.finished.record()
         else:
+            t0 = time.perf_counter()
             self._body()
+            if self.x.is_cuda:  # (uncaptured on a GPU: the time of the work, not of its launch)
+                torch.cuda.synchronize(self.x.device)
+            self.seconds = time.perf_counter() - t0
         self.state.length = length + 2  # bookkeeping (whether or not the body advanced it)
+
+    def collect(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """The launched step's predictions (Q,) int64, norms (n_layers,) float32 and seconds it took (the
+        graph's time on the GPU between two events, or the uncaptured body's wall time)."""
         out = self.out.cpu().numpy()  # the step's one device-to-host copy (and its one wait)
-        return out[: self.n_queries].astype(np.int64), out[self.n_queries:]
+        if self.graph is not None:
+            assert self.started is not None and self.finished is not None
+            self.seconds = self.started.elapsed_time(self.finished) / 1e3  # both recorded and passed by now
+        return out[: self.n_queries].astype(np.int64), out[self.n_queries:], self.seconds
+
+    def run(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """One stream example: ``launch`` then ``collect``. Returns predictions (Q,) and norms (n_layers,)."""
+        self.launch(x, y)
+        predictions, norms, _ = self.collect()
+        return predictions, norms

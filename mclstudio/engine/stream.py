@@ -73,7 +73,8 @@ class Snapshot:
     task: the example's task; task_end: it was the last example of its task (a row of the accuracy
     matrix was filled now).
     state_bytes: memory the state holds (``State.nbytes``); layer_norms: (n_layers,) state norms.
-    latency_s: seconds for this example's step_x + step_y.
+    latency_s: seconds for this example's step_x + step_y (op by op: wall time); fused (engine/graphs.py):
+    for the step, every query and the norms (on a GPU: the graph's time between two CUDA events).
     accuracy: accuracy on the queries of tasks 0..task, or None when not evaluated at this step.
     query_index: (Q_seen,) indices of those queries; predictions: (Q_seen,) their predicted codes.
     accuracy_matrix: (T, T) A[k, j] = accuracy on task j after learning k + 1 tasks, NaN where unfilled.
@@ -184,6 +185,11 @@ class StreamEngine:
             # inference mode and autocast per step, not around the loop: a generator's context would
             # leak into its caller.
             with torch.inference_mode(), autocast(precision, device):
+                # every fused step first, then the snapshots: on a GPU the graphs queue back to back
+                # while the host builds each learner's snapshot as soon as its results arrive
+                for fused in self._fused:
+                    if fused is not None:
+                        fused.launch(self.episode.stream_x[:, i], self.episode.stream_y[:, i])
                 snaps = [
                     self._step(i, name, learner, states, k, matrices[k])
                     for k, (name, learner) in enumerate(self.learners)
@@ -215,50 +221,48 @@ class StreamEngine:
     def _step(
         self, i: int, name: str, learner: Learner, states: list[State], k: int, matrix: np.ndarray
     ) -> Snapshot:
+        """Learner k after stream example i. Op by op: step_x, step_y, then the queries of the tasks seen
+        so far (read from the state, left unchanged) and the norms, brought to the host in one copy. Fused:
+        the results of the step ``__iter__`` launched (every query answered; the seen ones kept)."""
         ep = self.episode
+        task, task_end = int(self._stream_task[i]), bool(self._task_end[i])  # host copies: no device sync
+        cfg = self.config
+        evaluate = cfg.eval_every == "step" or (cfg.eval_every == "task" and task_end)
+        seen = np.flatnonzero(self._query_task <= task)  # the queries of the tasks seen so far
         fused = self._fused[k]
         if fused is not None:
-            return self._fused_snapshot(i, name, fused, k, matrix)
-        t0 = time.perf_counter()
-        state = learner.step_x(states[k], ep.stream_x[:, i])
-        state = learner.step_y(state, ep.stream_y[:, i])
-        latency = time.perf_counter() - t0
-        states[k] = state
-
-        task = int(self._stream_task[i])  # the host copy: no device sync per step
-        task_end = bool(self._task_end[i])
-        snap = Snapshot(
-            learner=name,
-            step=i,
-            tokens=2 * (i + 1),
-            task=task,
-            task_end=task_end,
-            state_bytes=state.nbytes(),
-            layer_norms=state.layer_norms()[0].float().cpu().numpy(),
-            latency_s=latency,
-            accuracy_matrix=matrix,
-        )
-        cfg = self.config
-        if cfg.eval_every == "step" or (cfg.eval_every == "task" and task_end):
-            # Queries of the tasks seen so far, read from the current state (left unchanged).
-            seen = torch.nonzero(ep.query_task <= task).squeeze(1)
-            logits = learner.answer_embedded(state, self._query_embeddings[k][:, seen]).logits  # (1, Q_seen, V)
-            pred = logits.argmax(-1)[0]
-            correct = pred == ep.query_y[0, seen]
+            answers, norms, latency = fused.collect()
+            predictions: np.ndarray | None = answers[seen]
+            state_bytes = fused.state.nbytes()
+        else:
+            t0 = time.perf_counter()
+            state = learner.step_y(learner.step_x(states[k], ep.stream_x[:, i]), ep.stream_y[:, i])
+            latency = time.perf_counter() - t0
+            states[k] = state
+            state_bytes = state.nbytes()
+            host = state.layer_norms()[0].float()
+            if evaluate:
+                index = torch.from_numpy(seen).to(ep.query_x.device)
+                logits = learner.answer_embedded(state, self._query_embeddings[k][:, index]).logits  # (1, Q_seen, V)
+                host = torch.cat([logits.argmax(-1)[0].to(torch.float32), host])
+            out = host.cpu().numpy()  # the step's one device-to-host copy
+            predictions = out[: len(seen)].astype(np.int64) if evaluate else None
+            norms = out[len(seen):] if evaluate else out
+        snap = Snapshot(learner=name, step=i, tokens=2 * (i + 1), task=task, task_end=task_end,
+                        state_bytes=state_bytes, layer_norms=norms, latency_s=latency, accuracy_matrix=matrix)
+        if evaluate and predictions is not None:
+            correct = predictions == self._query_y[seen]
             if task_end:
-                matrix[task, : task + 1] = per_task_accuracy(correct, ep.query_task[seen], task + 1).cpu().numpy()
-            snap.accuracy = float(correct.float().mean())
-            snap.query_index = seen.cpu().numpy()
-            snap.predictions = pred.cpu().numpy()
-        return self._finish(snap, k, i, matrix)
-
-    def _finish(self, snap: Snapshot, k: int, i: int, matrix: np.ndarray) -> Snapshot:
-        """The parts of a snapshot both paths share: the matrix so far, forgetting and the rows."""
+                matrix[task, : task + 1] = per_task_accuracy(
+                    torch.from_numpy(correct), torch.from_numpy(self._query_task[seen]), task + 1
+                ).numpy()
+            snap.accuracy = float(correct.astype(np.float32).mean())
+            snap.query_index, snap.predictions = seen, predictions
         snap.accuracy_matrix = matrix.copy()
-        done = snap.task + 1 if snap.task_end else snap.task  # rows filled: tasks finished so far
+        done = task + 1 if task_end else task  # rows filled: tasks finished so far
         if done and not np.isnan(matrix[done - 1, 0]):
             snap.forgetting = forgetting(matrix[:done, :done])
-        if self.rows_due(i) and (self.rows_for is None or snap.learner in self.rows_for):
+        if self.rows_due(i) and (self.rows_for is None or name in self.rows_for):
             snap.rows, snap.same_class = self.rows(k, i + 1)
         return snap
 
@@ -266,27 +270,6 @@ class StreamEngine:
         """Whether association rows are computed after step i (rows_every, at task ends or every step)."""
         cfg = self.config
         return bool(cfg.rows_queries) and (cfg.rows_every == "step" or bool(self._task_end[i]))
-
-    def _fused_snapshot(self, i: int, name: str, fused: FusedStep, k: int, matrix: np.ndarray) -> Snapshot:
-        """Step i of learner k through its FusedStep: every query is answered; the seen ones are kept.
-        latency_s here covers the step, the queries and the copy to the host (one replay)."""
-        ep = self.episode
-        t0 = time.perf_counter()
-        predictions, norms = fused.run(ep.stream_x[:, i], ep.stream_y[:, i])
-        latency = time.perf_counter() - t0
-        task, task_end = int(self._stream_task[i]), bool(self._task_end[i])
-        seen = np.flatnonzero(self._query_task <= task)
-        correct = predictions[seen] == self._query_y[seen]
-        if task_end:
-            matrix[task, : task + 1] = per_task_accuracy(
-                torch.from_numpy(correct), torch.from_numpy(self._query_task[seen]), task + 1
-            ).numpy()
-        snap = Snapshot(
-            learner=name, step=i, tokens=2 * (i + 1), task=task, task_end=task_end,
-            state_bytes=fused.state.nbytes(), layer_norms=norms, latency_s=latency, accuracy_matrix=matrix,
-            accuracy=float(correct.astype(np.float32).mean()), query_index=seen, predictions=predictions[seen],
-        )
-        return self._finish(snap, k, i, matrix)
 
     def rows(self, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Association rows of the configured queries for learner k after the first n examples:
