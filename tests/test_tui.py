@@ -136,6 +136,26 @@ def test_live_feed_computes_rows_for_the_map_and_records_every_learners(tmp_path
         np.testing.assert_array_equal(a.predictions_array(), b.predictions_array())
 
 
+def test_fused_step_choice_reaches_the_engine(tmp_path: Path) -> None:
+    """open --fused-step (build_open_app's fused_step) is the engine setting of every episode the studio
+    starts; the default is auto (CUDA graphs on a GPU); a bad value is refused before the app starts."""
+    assert small_app(tmp_path).fused_step == "auto"
+
+    async def go() -> None:
+        app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,
+                             fused_step="uncaptured")  # the engine's test mode: the fused body on the CPU
+        async with app.run_test(size=SIZE) as pilot:
+            await start_live(pilot)
+            await pilot.press("n")
+            await settle(pilot, 1)
+            assert app.feed.config.fused_step == "uncaptured"
+            assert app.feed.engine._fused[0] is not None  # mamba streams through its FusedStep
+
+    asyncio.run(go())
+    with pytest.raises(ValueError, match="fused_step"):
+        build_open_app([MAMBA], device="cpu", record_dir=tmp_path, fused_step="always")
+
+
 def test_help_screen_and_quit(tmp_path: Path) -> None:
     async def go() -> None:
         app = small_app(tmp_path)

@@ -59,7 +59,8 @@ def _image(x: np.ndarray) -> np.ndarray:
 class LiveFeed:
     """Streams episodes (seeds spec.seed, spec.seed + 1, ...) through the loaded checkpoints in lock-step,
     with the same engine settings as ``mclstudio record``, so that a recording made here matches one
-    made there. precision: "fp32", "bf16" or "fp16" (``mclstudio.precision``).
+    made there. precision: "fp32", "bf16" or "fp16" (``mclstudio.precision``); fused_step: the engine's
+    (``EngineConfig.fused_step``: "auto" captures each learner's step as a CUDA graph on a GPU).
 
     Association rows cost a parallel pass over the stream read so far, per learner, at every task end
     (Mamba's and Longhorn's hidden attention most): they are computed as the stream goes only for the
@@ -69,7 +70,9 @@ class LiveFeed:
 
     live = True
 
-    def __init__(self, checkpoints: list[Checkpoint], spec: EpisodeSpec, precision: str = "fp32") -> None:
+    def __init__(
+        self, checkpoints: list[Checkpoint], spec: EpisodeSpec, precision: str = "fp32", fused_step: str = "auto"
+    ) -> None:
         if not checkpoints:
             raise ValueError("open needs at least one checkpoint")
         for ckpt in checkpoints:
@@ -83,7 +86,8 @@ class LiveFeed:
         self.spec = spec
         self.names = learner_names(checkpoints)
         self.models = {n: c.learner.config.model for n, c in zip(self.names, checkpoints)}  # name -> "mamba", ...
-        self.config = EngineConfig(rows_queries=default_rows_queries(spec), precision=precision)
+        self.config = EngineConfig(rows_queries=default_rows_queries(spec), precision=precision, fused_step=fused_step)
+        self.config.validate(spec.tasks * spec.test_shots)
         self.source = get_source(spec.dataset)
         self.source.check(spec)  # a bad request fails here, in the picker, not in the worker
         self.episode_index = 0
