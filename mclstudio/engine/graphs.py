@@ -8,7 +8,9 @@ Transformer, whose KV cache the engine preallocates for the episode's length, ma
 kept on the device), the whole step is captured once as a CUDA graph and replayed: the state's own tensors are the graph's static
 buffers (the step's new state is copied back into them inside the graph), and every query is answered
 each step (queries never see each other, so the seen ones' answers are the same as answering them alone;
-the engine keeps the seen ones). One device-to-host copy per step carries the predictions and the norms.
+the engine keeps the seen ones). The learners of one engine share their input buffers and write their
+results into one buffer: per step, one copy of the example in and one device-to-host copy out carry every
+learner's predictions and norms.
 
 Off CUDA (or with ``capture=False``) the same body runs eagerly: that is how the tests check it on a CPU.
 """
@@ -24,29 +26,39 @@ from torch import Tensor
 from mclstudio.learners.base import Learner, State
 
 
+def results_size(state: State, query_embeddings: Tensor) -> int:
+    """Q + n_layers: the float32 results of one fused step (every query's prediction, then the norms)."""
+    return query_embeddings.shape[1] + state.layer_norms().shape[1]
+
+
 class FusedStep:
     """One learner's step + queries + norms, replayed in place on ``state`` (whose tensors it owns).
 
     state: the empty state to stream from, made with ``max_tokens`` for the whole stream (its tensors
-    become the static buffers); x_like (1, *x_shape)
-    and y_like (1,): example inputs (values unused); query_embeddings (1, Q, D): every query, embedded.
-    ``run(x, y)`` reads one example and returns (predictions (Q,) int64, layer norms (n_layers,) float32)
-    as numpy arrays; ``state`` then holds the memory after it. ``launch`` and ``collect`` are its two
-    halves, so that an engine can queue every learner's graph before it waits for the first results."""
+    become the static buffers); x (1, *x_shape) and y (1,): the input buffers the step reads (the caller
+    copies each example into them; several FusedSteps may share them); query_embeddings (1, Q, D): every
+    query, embedded; out: a (Q + n_layers,) float32 buffer the step writes its results into (several
+    FusedSteps may write into slices of one buffer, brought to the host with one copy; ``results_size``), or
+    None for one of its own.
+
+    ``launch`` starts a step on what x and y hold (on a GPU: queues the graph and returns); ``results``
+    reads its predictions (Q,) int64, norms (n_layers,) float32 and time from a host copy of ``out`` made
+    after it (the engine copies every learner's results at once). ``state`` then holds the memory after
+    the example."""
 
     def __init__(
-        self, learner: Learner, state: State, x_like: Tensor, y_like: Tensor, query_embeddings: Tensor,
-        capture: bool = True,
+        self, learner: Learner, state: State, x: Tensor, y: Tensor, query_embeddings: Tensor,
+        capture: bool = True, out: Tensor | None = None,
     ) -> None:
         self.learner, self.state, self.queries = learner, state, query_embeddings
-        self.x, self.y = x_like.clone(), y_like.clone()
+        self.x, self.y = x, y
         self.n_queries = query_embeddings.shape[1]
+        self.out = out if out is not None else x.new_empty(results_size(state, query_embeddings), dtype=torch.float32)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.out = torch.empty(0)
-        self.seconds = 0.0  # the last step's time (``collect``)
+        self.seconds = 0.0  # the last step's time (``results``)
         self.started: torch.cuda.Event | None = None
         self.finished: torch.cuda.Event | None = None
-        if capture and x_like.is_cuda:
+        if capture and x.is_cuda:
             self._capture()
             self.started, self.finished = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
@@ -58,7 +70,7 @@ class FusedStep:
             if value is not buffer:
                 buffer.copy_(value)
         predictions = learner.answer_embedded(state, self.queries).logits.argmax(-1)[0]  # (Q,)
-        self.out = torch.cat([predictions.to(torch.float32), state.layer_norms()[0].float()])
+        self.out.copy_(torch.cat([predictions.to(torch.float32), state.layer_norms()[0].float()]))
 
     def _capture(self) -> None:
         """Warm up on a side stream (as CUDA graphs require), capture, and put the state back to empty.
@@ -86,11 +98,9 @@ class FusedStep:
         finally:  # captured or not, the stream starts from the empty state
             restore()
 
-    def launch(self, x: Tensor, y: Tensor) -> None:
-        """Start reading one stream example, x (1, *x_shape), y (1,): on a GPU the graph is queued and this
-        returns at once; ``collect`` then waits for its results. ``state`` holds the memory after it."""
-        self.x.copy_(x)
-        self.y.copy_(y)
+    def launch(self) -> None:
+        """Start reading the example that x and y hold: on a GPU the graph is queued and this returns at
+        once (``results`` of a later host copy of ``out`` holds what it computed)."""
         length = self.state.length
         if self.graph is not None:
             assert self.started is not None and self.finished is not None
@@ -105,17 +115,11 @@ class FusedStep:
             self.seconds = time.perf_counter() - t0
         self.state.length = length + 2  # bookkeeping (whether or not the body advanced it)
 
-    def collect(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """The launched step's predictions (Q,) int64, norms (n_layers,) float32 and seconds it took (the
-        graph's time on the GPU between two events, or the uncaptured body's wall time)."""
-        out = self.out.cpu().numpy()  # the step's one device-to-host copy (and its one wait)
+    def results(self, host: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """From ``host``, a host copy of ``out`` made after the step: its predictions (Q,) int64, norms
+        (n_layers,) float32 and the seconds it took (the graph's time on the GPU between two events, or
+        the uncaptured body's wall time)."""
         if self.graph is not None:
             assert self.started is not None and self.finished is not None
-            self.seconds = self.started.elapsed_time(self.finished) / 1e3  # both recorded and passed by now
-        return out[: self.n_queries].astype(np.int64), out[self.n_queries:], self.seconds
-
-    def run(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """One stream example: ``launch`` then ``collect``. Returns predictions (Q,) and norms (n_layers,)."""
-        self.launch(x, y)
-        predictions, norms, _ = self.collect()
-        return predictions, norms
+            self.seconds = self.started.elapsed_time(self.finished) / 1e3  # both passed: ``out`` was copied after
+        return host[: self.n_queries].astype(np.int64), host[self.n_queries:], self.seconds

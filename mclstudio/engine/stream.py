@@ -28,7 +28,7 @@ from torch import Tensor
 from mclstudio.choices import EVAL_MODES, FUSED_MODES, ROWS_MODES
 from mclstudio.data.episodes import Episode
 from mclstudio.data.layout import same_task_tokens, task_ends
-from mclstudio.engine.graphs import FusedStep
+from mclstudio.engine.graphs import FusedStep, results_size
 from mclstudio.learners.base import Learner, State
 from mclstudio.metrics import forgetting, mean_forgetting, per_task_accuracy
 from mclstudio.precision import autocast, check_precision
@@ -179,17 +179,22 @@ class StreamEngine:
                 [learner.embedding.embed_x(self.episode.stream_x) for _, learner in self.learners]
                 if self.config.rows_queries else []
             )
-            self._fused = [self._fused_step(learner, states[k], k) for k, (_, learner) in enumerate(self.learners)]
+            self._fused = self._fused_steps(states)
         matrices = [np.full((self.tasks, self.tasks), np.nan) for _ in self.learners]
         for i in range(self.num_examples):
             # inference mode and autocast per step, not around the loop: a generator's context would
             # leak into its caller.
             with torch.inference_mode(), autocast(precision, device):
-                # every fused step first, then the snapshots: on a GPU the graphs queue back to back
-                # while the host builds each learner's snapshot as soon as its results arrive
-                for fused in self._fused:
-                    if fused is not None:
-                        fused.launch(self.episode.stream_x[:, i], self.episode.stream_y[:, i])
+                # every fused step first (on a GPU the graphs queue back to back), then one copy of all
+                # their results to the host, then the snapshots
+                if any(fused is not None for fused in self._fused):
+                    self._step_x.copy_(self.episode.stream_x[:, i])
+                    self._step_y.copy_(self.episode.stream_y[:, i])
+                    for fused in self._fused:
+                        if fused is not None:
+                            fused.launch()
+                    # the step's one copy (and wait); a copy on the CPU too: the snapshots keep views of it
+                    self._fused_host = self._fused_out.to("cpu", copy=True).numpy()
                 snaps = [
                     self._step(i, name, learner, states, k, matrices[k])
                     for k, (name, learner) in enumerate(self.learners)
@@ -207,16 +212,30 @@ class StreamEngine:
             return False
         return mode != "auto" or self.episode.query_x.is_cuda
 
-    def _fused_step(self, learner: Learner, state: State, k: int) -> FusedStep | None:
-        """Learner k's FusedStep, or None where it takes the op-by-op path (see EngineConfig.fused_step)."""
-        mode, ep = self.config.fused_step, self.episode
-        if not self._fuses(learner):
-            return None
-        try:
-            return FusedStep(learner, state, ep.stream_x[:, 0], ep.stream_y[:, 0], self._query_embeddings[k],
-                             capture=mode == "auto")
-        except RuntimeError:  # a step CUDA cannot capture: the op-by-op path is the reference, so stream on it
-            return None
+    def _fused_steps(self, states: list[State]) -> list[FusedStep | None]:
+        """Each learner's FusedStep, or None where it takes the op-by-op path (see EngineConfig.fused_step).
+        They read one pair of input buffers (``_step_x``, ``_step_y``) and write their results into
+        slices of one buffer (``_fused_out``), so that a step copies the example in once and every result
+        out once."""
+        ep, capture = self.episode, self.config.fused_step == "auto"
+        self._step_x, self._step_y = ep.stream_x[:, 0].clone(), ep.stream_y[:, 0].clone()
+        sizes = [results_size(states[k], self._query_embeddings[k]) if self._fuses(learner) else 0
+                 for k, (_, learner) in enumerate(self.learners)]
+        self._fused_out = torch.zeros(sum(sizes), dtype=torch.float32, device=ep.query_x.device)
+        self._fused_slices: list[slice] = []
+        steps: list[FusedStep | None] = []
+        for k, (_, learner) in enumerate(self.learners):
+            start = sum(sizes[:k])
+            self._fused_slices.append(slice(start, start + sizes[k]))
+            if not sizes[k]:
+                steps.append(None)
+                continue
+            try:
+                steps.append(FusedStep(learner, states[k], self._step_x, self._step_y, self._query_embeddings[k],
+                                       capture=capture, out=self._fused_out[start : start + sizes[k]]))
+            except RuntimeError:  # a step CUDA cannot capture: the op-by-op path is the reference, so stream on it
+                steps.append(None)
+        return steps
 
     def _step(
         self, i: int, name: str, learner: Learner, states: list[State], k: int, matrix: np.ndarray
@@ -231,7 +250,7 @@ class StreamEngine:
         seen = np.flatnonzero(self._query_task <= task)  # the queries of the tasks seen so far
         fused = self._fused[k]
         if fused is not None:
-            answers, norms, latency = fused.collect()
+            answers, norms, latency = fused.results(self._fused_host[self._fused_slices[k]])
             predictions: np.ndarray | None = answers[seen]
             state_bytes = fused.state.nbytes()
         else:
