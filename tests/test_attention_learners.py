@@ -311,7 +311,8 @@ def test_preallocated_kv_cache_keeps_its_shape_and_equals_the_growing_one():
     hq = model.embedding.embed_x(qx)
     with torch.no_grad():
         growing, fixed = model.empty_state(2), model.empty_state(2, max_tokens=10)
-        assert isinstance(fixed, KVCacheState) and fixed.preallocated and not growing.preallocated  # type: ignore[union-attr]
+        assert isinstance(fixed, KVCacheState) and isinstance(growing, KVCacheState)
+        assert fixed.preallocated and not growing.preallocated
         buffers = fixed.tensors()
         reserved = fixed.reserved_nbytes()
         assert reserved == 2 * 2 * 2 * 32 * 8 * 10 and fixed.nbytes() == 0  # layers, K and V, B, D, float64, tokens
