@@ -1,16 +1,16 @@
 """A streaming step as one replayable unit: read (x_i, y_i), answer every query, take the state norms.
 
 On a GPU a learner of the studio's size spends its step launching small kernels from Python (tens of
-microseconds each, hundreds per step), not computing. For a learner whose memory keeps one shape and
-whose step reads no Python-level counter (``Learner.fixed_shape_state``: Mamba, Longhorn, ProtoNet; the
-Linear Transformer and Performer, whose memory is updated in place and position kept on the device; the
-Transformer, whose KV cache the engine preallocates for the episode's length, masked beyond a position
-kept on the device), the whole step is captured once as a CUDA graph and replayed: the state's own
-tensors are the graph's static buffers (the step's new state is copied back into them inside the graph),
-and every query is answered each step (queries never see each other, so the seen ones' answers are the
-same as answering them alone; the engine keeps the seen ones). The learners of one engine share their input buffers and write their
-results into one buffer: per step, one copy of the example in and one device-to-host copy out carry every
-learner's predictions and norms.
+microseconds each, hundreds per step), not computing. For a learner whose memory keeps one shape and whose
+step reads no Python-level counter (``Learner.fixed_shape_state``: Mamba, Longhorn, ProtoNet; the Linear
+Transformer and Performer, whose memory is updated in place and position kept on the device; the
+Transformer, whose KV cache the engine preallocates for the episode's length, masked beyond a position kept
+on the device), the whole step is captured once as a CUDA graph and replayed: the state's own tensors are
+the graph's static buffers (the step's new state is copied back into them inside the graph), and every query
+is answered each step (queries never see each other, so the seen ones' answers are the same as answering
+them alone; the engine keeps the seen ones). The learners of one engine share their input buffers and write
+their results into one buffer: per step, one copy of the example in and one device-to-host copy out carry
+every learner's predictions and norms.
 
 Off CUDA (or with ``capture=False``) the same body runs eagerly: that is how the tests check it on a CPU.
 """
