@@ -247,9 +247,14 @@ def main() -> None:
     parser.add_argument("--tmux", action="store_true", help="run the app in a real terminal (tmux) instead of headless")
     parser.add_argument("--both", action="store_true",
                         help="headless and tmux runs interleaved, so that both see the same load on the machine")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="Python's thread switch interval in seconds for the headless runs (sys.setswitchinterval; "
+                             "default Python's 0.005): the model worker and the UI thread share one interpreter lock")
     parser.add_argument("--fused-step", default="auto", choices=STUDIO_FUSED_MODES,
                         help="the engine's fused step (CUDA graphs on a GPU, engine/graphs.py); off: op by op")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     settings = [args.checkpoints] + ([args.checkpoints[:1]] if len(args.checkpoints) > 1 else [])  # + Mamba alone
     modes = ["headless", "tmux"] if args.both else ["tmux"] if args.tmux else ["headless"]
     runs, summary = [], []
@@ -276,6 +281,7 @@ def main() -> None:
                     "device": str(resolve_device(args.device)),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "fused_step": args.fused_step,
+        "switch_interval_s": sys.getswitchinterval(),
         "summary": summary,
         "runs": runs,
     }
