@@ -1,4 +1,4 @@
-"""The engine's fused step (engine/graphs.py: one CUDA graph per step for Mamba, Longhorn and ProtoNet)
+"""The engine's fused step (engine/graphs.py: one CUDA graph per step for every learner with a fixed-shape state)
 against the op-by-op path, on a GPU: the same predictions, the norms within float tolerance, and the
 engine's own rate (no studio), every shipped learner alone and all together. Prints JSON (--out writes it).
 

@@ -62,6 +62,7 @@ from pathlib import Path
 
 import torch
 
+from mclstudio.choices import STUDIO_FUSED_MODES
 from mclstudio.tui.cli import build_open_app
 from mclstudio.tui.headless import start_live, wait_until
 from mclstudio.tui.screens import LiveScreen
@@ -103,7 +104,8 @@ STEP = re.compile(r"step (\d+)/(\d+) task")
 EPISODE = re.compile(r"episode (\d+)")
 
 
-def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tuple[int, int] = (160, 50)) -> dict:
+def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tuple[int, int] = (160, 50),
+                 fused_step: str = "auto") -> dict:
     """The app in a private tmux server at ``size``, playing at maximum speed; the screen polled with
     capture-pane. See the module docstring for what is counted."""
     if shutil.which("tmux") is None:
@@ -111,7 +113,7 @@ def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tupl
     sock = f"mclstudio-fps-{os.getpid()}-{time.monotonic_ns()}"  # a private server per run: never the user's
     tmux = ["tmux", "-L", sock]
     command = " ".join([sys.executable, "-m", "mclstudio", "open", *checkpoints, "--play", "--device", device,
-                        "--record-dir", "/tmp"])
+                        "--record-dir", "/tmp", "--fused-step", fused_step])
     env = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
     subprocess.run([*tmux, "-f", "/dev/null", "new-session", "-d", "-s", "fps", "-x", str(size[0]), "-y",
                     str(size[1]), f"cd {ROOT} && {command}"], check=True, env=env)
@@ -175,8 +177,8 @@ def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tupl
     }
 
 
-async def measure(checkpoints: list[str], seconds: float, device: str = "auto") -> dict:
-    app = build_open_app(checkpoints, device=device, record_dir="/tmp")
+async def measure(checkpoints: list[str], seconds: float, device: str = "auto", fused_step: str = "auto") -> dict:
+    app = build_open_app(checkpoints, device=device, record_dir="/tmp", fused_step=fused_step)
     stamps: list[float] = []
     shown: list[tuple | None] = []  # per screen update of the live view: the frame it showed
     live = app.live  # the live screen: its redraw timer and counters
@@ -245,23 +247,23 @@ def main() -> None:
     parser.add_argument("--tmux", action="store_true", help="run the app in a real terminal (tmux) instead of headless")
     parser.add_argument("--both", action="store_true",
                         help="headless and tmux runs interleaved, so that both see the same load on the machine")
-    parser.add_argument("--fused-step", default="auto", choices=["auto", "off"],
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="Python's thread switch interval in seconds for the headless runs (sys.setswitchinterval; "
+                             "default Python's 0.005): the model worker and the UI thread share one interpreter lock")
+    parser.add_argument("--fused-step", default="auto", choices=STUDIO_FUSED_MODES,
                         help="the engine's fused step (CUDA graphs on a GPU, engine/graphs.py); off: op by op")
     args = parser.parse_args()
-    if args.fused_step != "auto":  # the studio's feed builds its EngineConfig itself: set the default here
-        import functools
-
-        import mclstudio.recording.playback as playback
-
-        playback.EngineConfig = functools.partial(playback.EngineConfig, fused_step=args.fused_step)  # type: ignore[misc]
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     settings = [args.checkpoints] + ([args.checkpoints[:1]] if len(args.checkpoints) > 1 else [])  # + Mamba alone
     modes = ["headless", "tmux"] if args.both else ["tmux"] if args.tmux else ["headless"]
     runs, summary = [], []
     for _ in range(args.repeats):  # settings interleaved, so a change in the machine's load hits all alike
         for mode in modes:
             for checkpoints in settings:
-                result = (measure_tmux(checkpoints, args.seconds, args.device) if mode == "tmux"
-                          else asyncio.run(measure(checkpoints, args.seconds, args.device)))
+                result = (measure_tmux(checkpoints, args.seconds, args.device, fused_step=args.fused_step)
+                          if mode == "tmux" else asyncio.run(measure(checkpoints, args.seconds, args.device,
+                                                                     args.fused_step)))
                 runs.append({"mode": mode, **result})
     for mode in modes:
         for checkpoints in settings:
@@ -279,6 +281,7 @@ def main() -> None:
                     "device": str(resolve_device(args.device)),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "fused_step": args.fused_step,
+        "switch_interval_s": sys.getswitchinterval(),
         "summary": summary,
         "runs": runs,
     }

@@ -69,7 +69,9 @@ class NearestNeighbourLearner(Learner):
         with torch.no_grad():  # logits = the label part of the answer
             self.head.weight.copy_(torch.cat([torch.zeros(y_vocab, pixels), torch.eye(y_vocab)], dim=1))
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> TokenState:
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_tokens: int | None = None
+    ) -> TokenState:
         return TokenState(torch.zeros(batch_size, 0, self.config.d_model, device=device, dtype=dtype), 0)
 
     def scan(self, h: Tensor, keep_history: bool = False) -> TokenState:

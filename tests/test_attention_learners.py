@@ -298,3 +298,44 @@ def test_kv_cache_grows_in_place_by_doubling_without_autograd():
         for t in range(6, 12):
             scanned = model.step_y(model.step_x(scanned, sx[:, t]), sy[:, t])
         torch.testing.assert_close(model.query(scanned, qx), parallel, rtol=1e-7, atol=1e-9)
+
+
+def test_preallocated_kv_cache_keeps_its_shape_and_equals_the_growing_one():
+    """init_state(..., max_tokens): the Transformer's KV cache is allocated once for the whole stream, its
+    position is a device counter, and attention is masked beyond it. Step by step it gives the growing
+    cache's logits, rows and norms, reports the same used bytes (the reserved ones stay constant), never
+    reads what lies beyond its position (planted values there change nothing), and refuses a token that
+    does not fit."""
+    model = tiny("transformer")
+    sx, sy, qx = inputs(N=5)
+    hq = model.embedding.embed_x(qx)
+    with torch.no_grad():
+        growing, fixed = model.empty_state(2), model.empty_state(2, max_tokens=10)
+        assert isinstance(fixed, KVCacheState) and isinstance(growing, KVCacheState)
+        assert fixed.preallocated and not growing.preallocated
+        buffers = fixed.tensors()
+        reserved = fixed.reserved_nbytes()
+        assert reserved == 2 * 2 * 2 * 32 * 8 * 10 and fixed.nbytes() == 0  # layers, K and V, B, D, float64, tokens
+        for t in range(5):
+            growing = model.step_y(model.step_x(growing, sx[:, t]), sy[:, t])
+            fixed = model.step_y(model.step_x(fixed, sx[:, t]), sy[:, t])
+            assert all(a is b for a, b in zip(fixed.tensors(), buffers))  # written in place, one shape
+            assert fixed.length == int(fixed.counters()[0]) == 2 * (t + 1)
+            assert fixed.nbytes() == growing.nbytes() and fixed.reserved_nbytes() == reserved
+            torch.testing.assert_close(fixed.layer_norms(), growing.layer_norms(), rtol=1e-12, atol=0)
+            torch.testing.assert_close(model.query(fixed, qx), model.query(growing, qx), rtol=1e-12, atol=1e-12)
+        _, rows = model.read(fixed, hq, with_rows=True)
+        _, expected = model.read(growing, hq, with_rows=True)
+        for a, b in zip(rows, expected):
+            assert a.shape == (2, 4, 10)
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        # stale values where the stream has not reached (a reused buffer): never read by a step or a query
+        stale = model.empty_state(2, max_tokens=12)
+        for buffer in stale.tensors():
+            buffer.fill_(1e3)
+        for t in range(5):
+            stale = model.step_y(model.step_x(stale, sx[:, t]), sy[:, t])
+        torch.testing.assert_close(model.query(stale, qx), model.query(fixed, qx), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(stale.layer_norms(), fixed.layer_norms(), rtol=1e-12, atol=0)
+        with pytest.raises(ValueError, match="holds 10 tokens"):
+            model.step_x(fixed, sx[:, 0])

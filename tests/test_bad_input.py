@@ -60,6 +60,7 @@ CASES: list[tuple[list[str], str]] = [
     (["open", CKPT, "--tasks", "0"], "--tasks must be at least 1"),
     (["open", CKPT, "--noise", "nan"], "not a finite number"),
     (["open", CKPT, "--split", "val"], "'val' is not one of"),
+    (["open", CKPT, "--fused-step", "uncaptured"], "'uncaptured' is not one of 'auto', 'off'"),
     (["open", CKPT, "--record-dir", "FOLDER/none"], "is not a folder"),
     (["open", CKPT, "--record-dir", "/proc"], "not writable"),
     (["info"], "Missing argument"),

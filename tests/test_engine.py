@@ -127,11 +127,14 @@ def test_engine_leaves_grad_mode_alone_and_checks_input(learners):
         StreamEngine(learners, big)
 
 
-@pytest.mark.parametrize("model", ["mamba", "longhorn", "protonet", "linear_transformer", "performer"])
+@pytest.mark.parametrize("model", ["mamba", "longhorn", "protonet", "linear_transformer", "performer", "transformer"])
 def test_fused_step_body_gives_the_op_by_op_snapshots(model):
     """The body that engine/graphs.py captures as a CUDA graph (step, every query answered, norms, the
     state copied back into its own buffers) run uncaptured on the CPU: every snapshot equals the op-by-op
-    path's, step by step (the shipped checkpoints, so that predictions vary and a task can be forgotten)."""
+    path's, step by step (the shipped checkpoints, so that predictions vary and a task can be forgotten).
+    The Transformer's fused step reads a KV cache preallocated for the episode, masked beyond a position
+    kept on the device; the op-by-op path's cache grows, and the memory reported is the same (the used
+    part) at every step."""
     from pathlib import Path
 
     from mclstudio.store.checkpoint import load_checkpoint
@@ -140,8 +143,8 @@ def test_fused_step_body_gives_the_op_by_op_snapshots(model):
     ep = get_source("omniglot-mini").episode(EpisodeSpec(tasks=10, train_shots=1, test_shots=2, seed=3, num_codes=100))
     runs = {mode: StreamEngine({model: learner}, ep, EngineConfig(fused_step=mode, rows_queries=(0, 4))).run()
             for mode in ("off", "uncaptured")}
-    assert runs["uncaptured"][-1][0].state_bytes == runs["off"][-1][0].state_bytes
-    for (ref,), (fused,) in zip(runs["off"], runs["uncaptured"]):
+    for (ref,), (fused,) in zip(runs["off"], runs["uncaptured"], strict=True):
+        assert fused.state_bytes == ref.state_bytes
         assert fused.accuracy == ref.accuracy
         np.testing.assert_array_equal(fused.query_index, ref.query_index)
         np.testing.assert_array_equal(fused.predictions, ref.predictions)
@@ -153,11 +156,19 @@ def test_fused_step_body_gives_the_op_by_op_snapshots(model):
 
 
 def test_fused_step_is_only_for_fixed_shape_states():
-    """A Transformer's growing KV cache takes the op-by-op path even when asked for the fused one; a bad
-    mode is refused."""
-    engine = StreamEngine({"t": tiny_learner("transformer")}, tiny_episode(), EngineConfig(fused_step="uncaptured"))
+    """A learner whose state grows (here a nearest-neighbour stand-in that keeps every token) takes the
+    op-by-op path even when asked for the fused one, and the Transformer streams fused from a KV cache
+    preallocated for the whole episode; a bad mode is refused."""
+    from standin_learner import NearestNeighbourLearner
+
+    ep = tiny_episode()
+    standin = NearestNeighbourLearner(tuple(ep.stream_x.shape[2:]), 12, memory=4)
+    engine = StreamEngine({"nn": standin, "t": tiny_learner("transformer")}, ep, EngineConfig(fused_step="uncaptured"))
     next(iter(engine))
-    assert engine._fused == [None]
+    assert engine._fused[0] is None and engine._fused[1] is not None
+    kv = engine._fused[1].state
+    assert kv.preallocated and kv.capacity == 2 * ep.stream_x.shape[1] and kv.length == 2
+    assert int(kv.position) == 2
     with pytest.raises(ValueError, match="fused_step"):
         EngineConfig(fused_step="always").validate(4)
 
@@ -181,3 +192,42 @@ def test_a_step_that_cannot_be_fused_streams_op_by_op(monkeypatch):
         assert got.accuracy == ref.accuracy
         np.testing.assert_array_equal(got.predictions, ref.predictions)
         np.testing.assert_array_equal(got.layer_norms, ref.layer_norms)
+
+
+def test_rows_left_out_as_the_stream_goes_are_the_same_when_computed_later(learners):
+    """rows_for: only the named learners get association rows during the stream (the studio computes
+    rows only for the learners its map shows); ``rows`` computes another's afterwards, equal to what the
+    stream would have given it."""
+    ep = tiny_episode()
+    config = EngineConfig(rows_queries=(0, 2, 4))
+    full = StreamEngine(learners, ep, config).run()
+    engine = StreamEngine(learners, ep, config)
+    engine.rows_for = {"mamba"}
+    some = engine.run()
+    due = [i for i in range(len(full)) if engine.rows_due(i)]
+    assert due == [1, 3, 5] and [s[0].step for s in full if s[1].rows is not None] == due
+    for snaps, ref in zip(some, full):
+        assert snaps[1].rows is None and snaps[1].predictions.tolist() == ref[1].predictions.tolist()
+        if snaps[0].step in due:
+            np.testing.assert_array_equal(snaps[0].rows, ref[0].rows)
+    for i in due:
+        rows, same = engine.rows(1, i + 1)
+        np.testing.assert_array_equal(rows, full[i][1].rows)
+        np.testing.assert_array_equal(same, full[i][1].same_class)
+
+
+def test_several_fused_learners_launched_together_give_the_op_by_op_snapshots(learners):
+    """Each step launches every fused learner before collecting any (on a GPU the graphs queue back to
+    back): with two learners side by side, every snapshot equals the op-by-op path's, and each learner's
+    latency is its own step's."""
+    ep = tiny_episode(tasks=4, shots=2)
+    runs = {mode: StreamEngine(learners, ep, EngineConfig(fused_step=mode)).run() for mode in ("off", "uncaptured")}
+    for ref_snaps, fused_snaps in zip(runs["off"], runs["uncaptured"], strict=True):
+        for ref, fused in zip(ref_snaps, fused_snaps, strict=True):
+            assert (fused.learner, fused.state_bytes, fused.accuracy) == (ref.learner, ref.state_bytes, ref.accuracy)
+            np.testing.assert_array_equal(fused.query_index, ref.query_index)
+            np.testing.assert_array_equal(fused.predictions, ref.predictions)
+            np.testing.assert_allclose(fused.layer_norms, ref.layer_norms, rtol=1e-5)
+            np.testing.assert_array_equal(fused.accuracy_matrix, ref.accuracy_matrix)
+            assert fused.latency_s > 0
+    assert len({s.latency_s for snaps in runs["uncaptured"] for s in snaps}) > 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mclstudio.data.episodes import EpisodeSpec
@@ -104,6 +105,55 @@ def test_record_writes_the_record_schema(tmp_path: Path) -> None:
     a, b = rec.episodes[0].traces["mamba"], ref.episodes[0].traces["mamba"]
     assert (a.predictions_array() == b.predictions_array()).all()
     assert a.eval_steps == b.eval_steps and a.rows_steps == b.rows_steps
+
+
+def test_live_feed_computes_rows_for_the_map_and_records_every_learners(tmp_path: Path) -> None:
+    """The studio's feed computes association rows as the stream goes only for the learners the map shows
+    (Mamba and the Transformer here, not Longhorn), or for all while recording; an episode written to a
+    recording holds every learner's rows all the same, equal to what `mclstudio record` writes."""
+    from mclstudio.recording.playback import LiveFeed, map_learners
+
+    paths = [MAMBA, str(ROOT / "checkpoints" / "longhorn.pt"), TRANSFORMER]
+    checkpoints = [load_checkpoint(p) for p in paths]
+    spec = EpisodeSpec(tasks=3, train_shots=2, seed=0, num_codes=100)
+    feed = LiveFeed(checkpoints, spec)
+    assert map_learners(feed.names, feed.models) == ["mamba", "transformer"]
+    assert map_learners(["mamba", "protonet"], {"mamba": "mamba", "protonet": "protonet"}) == ["mamba", "protonet"]
+    frames = feed.frames()
+    episode = [next(frames) for _ in range(6)]
+    with_rows = {s.learner for f in episode for s in f.snapshots if s.rows is not None}
+    assert with_rows == {"mamba", "transformer"} and all(f.snapshots[1].rows is None for f in episode)
+    feed.write_episode(feed.start_recording(tmp_path / "studio.h5"))  # Longhorn's rows computed now
+    feed.recording = True  # (the player sets it while it records): every learner's rows as the stream goes
+    after_task_end = [next(frames) for _ in range(2)][-1]
+    assert all(s.rows is not None for s in after_task_end.snapshots)
+    got = read_recording(tmp_path / "studio.h5").episodes[0]
+    ref = read_recording(record_session(checkpoints, spec, 1, tmp_path / "ref.h5")).episodes[0]
+    for name in feed.names:
+        a, b = got.traces[name], ref.traces[name]
+        assert a.rows_steps == b.rows_steps == [1, 3, 5]
+        np.testing.assert_array_equal(np.stack(a.rows), np.stack(b.rows))
+        np.testing.assert_array_equal(a.predictions_array(), b.predictions_array())
+
+
+def test_fused_step_choice_reaches_the_engine(tmp_path: Path) -> None:
+    """open --fused-step (build_open_app's fused_step) is the engine setting of every episode the studio
+    starts; the default is auto (CUDA graphs on a GPU); a bad value is refused before the app starts."""
+    assert small_app(tmp_path).fused_step == "auto"
+
+    async def go() -> None:
+        app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,
+                             fused_step="uncaptured")  # the engine's test mode: the fused body on the CPU
+        async with app.run_test(size=SIZE) as pilot:
+            await start_live(pilot)
+            await pilot.press("n")
+            await settle(pilot, 1)
+            assert app.feed.config.fused_step == "uncaptured"
+            assert app.feed.engine._fused[0] is not None  # mamba streams through its FusedStep
+
+    asyncio.run(go())
+    with pytest.raises(ValueError, match="fused_step"):
+        build_open_app([MAMBA], device="cpu", record_dir=tmp_path, fused_step="always")
 
 
 def test_help_screen_and_quit(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ Only classification episodes are supported (accuracy, predicted codes).
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from torch import Tensor
 from mclstudio.choices import EVAL_MODES, FUSED_MODES, ROWS_MODES
 from mclstudio.data.episodes import Episode
 from mclstudio.data.layout import same_task_tokens, task_ends
-from mclstudio.engine.graphs import FusedStep
+from mclstudio.engine.graphs import FusedStep, results_size
 from mclstudio.learners.base import Learner, State
 from mclstudio.metrics import forgetting, mean_forgetting, per_task_accuracy
 from mclstudio.precision import autocast, check_precision
@@ -72,7 +73,8 @@ class Snapshot:
     task: the example's task; task_end: it was the last example of its task (a row of the accuracy
     matrix was filled now).
     state_bytes: memory the state holds (``State.nbytes``); layer_norms: (n_layers,) state norms.
-    latency_s: seconds for this example's step_x + step_y.
+    latency_s: seconds for this example's step_x + step_y (op by op: wall time); fused (engine/graphs.py):
+    for the step, every query and the norms (on a GPU: the graph's time between two CUDA events).
     accuracy: accuracy on the queries of tasks 0..task, or None when not evaluated at this step.
     query_index: (Q_seen,) indices of those queries; predictions: (Q_seen,) their predicted codes.
     accuracy_matrix: (T, T) A[k, j] = accuracy on task j after learning k + 1 tasks, NaN where unfilled.
@@ -152,6 +154,11 @@ class StreamEngine:
         self._stream_task = self.episode.stream_task.cpu().numpy()
         self._query_task = self.episode.query_task.cpu().numpy()
         self._query_y = self.episode.query_y[0].cpu().numpy()
+        # The learners whose association rows are computed as the stream goes (None: every one). An app
+        # that shows only some may leave the others out, and compute theirs later with ``rows`` should it
+        # need them (rows depend only on the stream read so far): the studio, for the learners its map
+        # does not show (recording/playback.py).
+        self.rows_for: set[str] | None = None
 
     def __iter__(self) -> Iterator[list[Snapshot]]:
         for _, learner in self.learners:
@@ -160,19 +167,34 @@ class StreamEngine:
         device = self.episode.query_x.device
         # the inputs' embeddings never change during an episode: embed them once
         with torch.inference_mode(), autocast(precision, device):
-            states = [learner.empty_state(1) for _, learner in self.learners]
+            # a learner to be fused gets a state preallocated for the whole episode (the Transformer's
+            # KV cache: one shape throughout, so that its step can be captured)
+            states = [
+                learner.empty_state(1, max_tokens=2 * self.num_examples if self._fuses(learner) else None)
+                for _, learner in self.learners
+            ]
             self._query_embeddings = [learner.embedding.embed_x(self.episode.query_x) for _, learner in self.learners]
             # the stream's, for the association rows (the steps embed their own x, inside the timed step)
             self._stream_embeddings = (
                 [learner.embedding.embed_x(self.episode.stream_x) for _, learner in self.learners]
                 if self.config.rows_queries else []
             )
-            self._fused = [self._fused_step(learner, states[k], k) for k, (_, learner) in enumerate(self.learners)]
+            self._fused = self._fused_steps(states)
         matrices = [np.full((self.tasks, self.tasks), np.nan) for _ in self.learners]
         for i in range(self.num_examples):
             # inference mode and autocast per step, not around the loop: a generator's context would
             # leak into its caller.
             with torch.inference_mode(), autocast(precision, device):
+                # every fused step first (on a GPU the graphs queue back to back), then one copy of all
+                # their results to the host, then the snapshots
+                if any(fused is not None for fused in self._fused):
+                    self._step_x.copy_(self.episode.stream_x[:, i])
+                    self._step_y.copy_(self.episode.stream_y[:, i])
+                    for fused in self._fused:
+                        if fused is not None:
+                            fused.launch()
+                    # the step's one copy (and wait); a copy on the CPU too: the snapshots keep views of it
+                    self._fused_host = self._fused_out.to("cpu", copy=True).numpy()
                 snaps = [
                     self._step(i, name, learner, states, k, matrices[k])
                     for k, (name, learner) in enumerate(self.learners)
@@ -183,98 +205,98 @@ class StreamEngine:
         """Every step at once (tests and batch use); the same snapshots iteration yields."""
         return list(self)
 
-    def _fused_step(self, learner: Learner, state: State, k: int) -> FusedStep | None:
-        """Learner k's FusedStep, or None where it takes the op-by-op path (see EngineConfig.fused_step)."""
-        mode, ep = self.config.fused_step, self.episode
+    def _fuses(self, learner: Learner) -> bool:
+        """Whether the learner steps through a FusedStep (see EngineConfig.fused_step)."""
+        mode = self.config.fused_step
         if mode == "off" or self.config.eval_every != "step" or not learner.fixed_shape_state:
-            return None
-        if mode == "auto" and not ep.query_x.is_cuda:
-            return None
-        try:
-            return FusedStep(learner, state, ep.stream_x[:, 0], ep.stream_y[:, 0], self._query_embeddings[k],
-                             capture=mode == "auto")
-        except RuntimeError:  # a step CUDA cannot capture: the op-by-op path is the reference, so stream on it
-            return None
+            return False
+        return mode != "auto" or self.episode.query_x.is_cuda
+
+    def _fused_steps(self, states: list[State]) -> list[FusedStep | None]:
+        """Each learner's FusedStep, or None where it takes the op-by-op path (see EngineConfig.fused_step).
+        They read one pair of input buffers (``_step_x``, ``_step_y``) and write their results into
+        slices of one buffer (``_fused_out``), so that a step copies the example in once and every result
+        out once."""
+        ep, capture = self.episode, self.config.fused_step == "auto"
+        self._step_x, self._step_y = ep.stream_x[:, 0].clone(), ep.stream_y[:, 0].clone()
+        sizes = [results_size(states[k], self._query_embeddings[k]) if self._fuses(learner) else 0
+                 for k, (_, learner) in enumerate(self.learners)]
+        self._fused_out = torch.zeros(sum(sizes), dtype=torch.float32, device=ep.query_x.device)
+        self._fused_slices: list[slice] = []
+        steps: list[FusedStep | None] = []
+        for k, (_, learner) in enumerate(self.learners):
+            start = sum(sizes[:k])
+            self._fused_slices.append(slice(start, start + sizes[k]))
+            if not sizes[k]:
+                steps.append(None)
+                continue
+            try:
+                steps.append(FusedStep(learner, states[k], self._step_x, self._step_y, self._query_embeddings[k],
+                                       capture=capture, out=self._fused_out[start : start + sizes[k]]))
+            except RuntimeError:  # a step CUDA cannot capture: the op-by-op path is the reference, so stream on it
+                steps.append(None)
+        return steps
 
     def _step(
         self, i: int, name: str, learner: Learner, states: list[State], k: int, matrix: np.ndarray
     ) -> Snapshot:
+        """Learner k after stream example i. Op by op: step_x, step_y, then the queries of the tasks seen
+        so far (read from the state, left unchanged) and the norms, brought to the host in one copy. Fused:
+        the results of the step ``__iter__`` launched (every query answered; the seen ones kept)."""
         ep = self.episode
+        task, task_end = int(self._stream_task[i]), bool(self._task_end[i])  # host copies: no device sync
+        cfg = self.config
+        evaluate = cfg.eval_every == "step" or (cfg.eval_every == "task" and task_end)
+        seen = np.flatnonzero(self._query_task <= task)  # the queries of the tasks seen so far
         fused = self._fused[k]
         if fused is not None:
-            return self._fused_snapshot(i, name, fused, k, matrix)
-        t0 = time.perf_counter()
-        state = learner.step_x(states[k], ep.stream_x[:, i])
-        state = learner.step_y(state, ep.stream_y[:, i])
-        latency = time.perf_counter() - t0
-        states[k] = state
-
-        task = int(self._stream_task[i])  # the host copy: no device sync per step
-        task_end = bool(self._task_end[i])
-        snap = Snapshot(
-            learner=name,
-            step=i,
-            tokens=2 * (i + 1),
-            task=task,
-            task_end=task_end,
-            state_bytes=state.nbytes(),
-            layer_norms=state.layer_norms()[0].float().cpu().numpy(),
-            latency_s=latency,
-            accuracy_matrix=matrix,
-        )
-        cfg = self.config
-        if cfg.eval_every == "step" or (cfg.eval_every == "task" and task_end):
-            # Queries of the tasks seen so far, read from the current state (left unchanged).
-            seen = torch.nonzero(ep.query_task <= task).squeeze(1)
-            logits = learner.answer_embedded(state, self._query_embeddings[k][:, seen]).logits  # (1, Q_seen, V)
-            pred = logits.argmax(-1)[0]
-            correct = pred == ep.query_y[0, seen]
+            answers, norms, latency = fused.results(self._fused_host[self._fused_slices[k]])
+            predictions: np.ndarray | None = answers[seen]
+            state_bytes = fused.state.nbytes()
+        else:
+            t0 = time.perf_counter()
+            state = learner.step_y(learner.step_x(states[k], ep.stream_x[:, i]), ep.stream_y[:, i])
+            latency = time.perf_counter() - t0
+            states[k] = state
+            state_bytes = state.nbytes()
+            host = state.layer_norms()[0].float()
+            if evaluate:
+                index = torch.from_numpy(seen).to(ep.query_x.device)
+                logits = learner.answer_embedded(state, self._query_embeddings[k][:, index]).logits  # (1, Q_seen, V)
+                host = torch.cat([logits.argmax(-1)[0].to(torch.float32), host])
+            out = host.cpu().numpy()  # the step's one device-to-host copy
+            predictions = out[: len(seen)].astype(np.int64) if evaluate else None
+            norms = out[len(seen):] if evaluate else out
+        snap = Snapshot(learner=name, step=i, tokens=2 * (i + 1), task=task, task_end=task_end,
+                        state_bytes=state_bytes, layer_norms=norms, latency_s=latency, accuracy_matrix=matrix)
+        if evaluate and predictions is not None:
+            correct = predictions == self._query_y[seen]
             if task_end:
-                matrix[task, : task + 1] = per_task_accuracy(correct, ep.query_task[seen], task + 1).cpu().numpy()
-            snap.accuracy = float(correct.float().mean())
-            snap.query_index = seen.cpu().numpy()
-            snap.predictions = pred.cpu().numpy()
-        return self._finish(snap, k, i, matrix)
-
-    def _finish(self, snap: Snapshot, k: int, i: int, matrix: np.ndarray) -> Snapshot:
-        """The parts of a snapshot both paths share: the matrix so far, forgetting and the rows."""
+                matrix[task, : task + 1] = per_task_accuracy(
+                    torch.from_numpy(correct), torch.from_numpy(self._query_task[seen]), task + 1
+                ).numpy()
+            snap.accuracy = float(correct.astype(np.float32).mean())
+            snap.query_index, snap.predictions = seen, predictions
         snap.accuracy_matrix = matrix.copy()
-        done = snap.task + 1 if snap.task_end else snap.task  # rows filled: tasks finished so far
+        done = task + 1 if task_end else task  # rows filled: tasks finished so far
         if done and not np.isnan(matrix[done - 1, 0]):
             snap.forgetting = forgetting(matrix[:done, :done])
-        cfg = self.config
-        if len(cfg.rows_queries) and (cfg.rows_every == "step" or snap.task_end):
+        if self.rows_due(i) and (self.rows_for is None or name in self.rows_for):
             snap.rows, snap.same_class = self.rows(k, i + 1)
         return snap
 
-    def _fused_snapshot(self, i: int, name: str, fused: FusedStep, k: int, matrix: np.ndarray) -> Snapshot:
-        """Step i of learner k through its FusedStep: every query is answered; the seen ones are kept.
-        latency_s here covers the step, the queries and the copy to the host (one replay)."""
-        ep = self.episode
-        t0 = time.perf_counter()
-        predictions, norms = fused.run(ep.stream_x[:, i], ep.stream_y[:, i])
-        latency = time.perf_counter() - t0
-        task, task_end = int(self._stream_task[i]), bool(self._task_end[i])
-        seen = np.flatnonzero(self._query_task <= task)
-        correct = predictions[seen] == self._query_y[seen]
-        if task_end:
-            matrix[task, : task + 1] = per_task_accuracy(
-                torch.from_numpy(correct), torch.from_numpy(self._query_task[seen]), task + 1
-            ).numpy()
-        snap = Snapshot(
-            learner=name, step=i, tokens=2 * (i + 1), task=task, task_end=task_end,
-            state_bytes=fused.state.nbytes(), layer_norms=norms, latency_s=latency, accuracy_matrix=matrix,
-            accuracy=float(correct.astype(np.float32).mean()), query_index=seen, predictions=predictions[seen],
-        )
-        return self._finish(snap, k, i, matrix)
+    def rows_due(self, i: int) -> bool:
+        """Whether association rows are computed after step i (rows_every, at task ends or every step)."""
+        cfg = self.config
+        return bool(cfg.rows_queries) and (cfg.rows_every == "step" or bool(self._task_end[i]))
 
     def rows(self, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Association rows of the configured queries for learner k after the first n examples:
         (n_layers, R, 2n) rows from the parallel path on the inputs fed so far, and (R, 2n) same-class.
-        Call it while iterating (it reads the embeddings made when the iteration started)."""
+        Call it once iteration has started (it reads the embeddings made then), during or after it."""
         ep, learner = self.episode, self.learners[k][1]
         stream_x, query_x = self._stream_embeddings[k][:, :n], self._query_embeddings[k][:, self._rows_index]
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.config.precision, ep.query_x.device):
             out = learner(stream_x, ep.stream_y[:, :n], query_x, with_rows=True, embedded=True)
         assert out.rows is not None
         rows = torch.stack([r[0] for r in out.rows]).float().cpu().numpy()  # (n_layers, R, 2n)
@@ -335,10 +357,16 @@ class EpisodeTrace:
         if snap.task_end:
             self.accuracy_matrix = snap.accuracy_matrix
         if snap.rows is not None:
-            padded = np.zeros((*snap.rows.shape[:2], 2 * self.num_examples), dtype=np.float16)
-            padded[..., : snap.rows.shape[-1]] = snap.rows
-            self.rows_steps.append(i)
-            self.rows.append(padded)
+            self.add_rows(i, snap.rows)
+
+    def add_rows(self, step: int, rows: np.ndarray) -> None:
+        """The association rows (n_layers, R, tokens) after ``step``, zero-padded to 2N tokens and kept in
+        step order (rows computed later, ``StreamEngine.rows_for``, may come after later steps')."""
+        padded = np.zeros((*rows.shape[:2], 2 * self.num_examples), dtype=np.float16)
+        padded[..., : rows.shape[-1]] = rows
+        at = bisect.bisect(self.rows_steps, step)
+        self.rows_steps.insert(at, step)
+        self.rows.insert(at, padded)
 
     def predictions_array(self) -> np.ndarray:
         """(E, Q) int16."""

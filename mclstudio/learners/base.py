@@ -103,8 +103,9 @@ class Learner(nn.Module, ABC):
     """Base of every learner: token embedding -> model -> final norm -> head."""
 
     config_class: ClassVar[type[LearnerConfig]] = LearnerConfig
-    # The state's tensors keep their shapes from step to step and ``step`` reads no Python-level counter:
-    # the streaming engine may then capture a step as a CUDA graph (engine/graphs.py).
+    # A state made with ``init_state(..., max_tokens=n)`` keeps its tensors' shapes for n tokens and
+    # ``step`` reads no Python-level counter: the streaming engine may then capture a step as a CUDA
+    # graph (engine/graphs.py).
     fixed_shape_state: ClassVar[bool] = False
 
     def __init__(self, config: LearnerConfig) -> None:
@@ -126,8 +127,13 @@ class Learner(nn.Module, ABC):
 
     # ---- what a model supplies ---------------------------------------------------------------
     @abstractmethod
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
-        """The empty memory for batch_size episodes."""
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_tokens: int | None = None
+    ) -> State:
+        """The empty memory for batch_size episodes. max_tokens: the most tokens it will read, where that
+        is known (streaming an episode): a memory that grows (the Transformer's KV cache) is then
+        preallocated for them and keeps one shape (``fixed_shape_state``); a fixed-size memory ignores it.
+        None: a growing memory grows as needed."""
 
     @abstractmethod
     def scan(self, h: Tensor, keep_history: bool = False, ends: Tensor | None = None) -> State:
@@ -200,13 +206,14 @@ class Learner(nn.Module, ABC):
         """Recurrent path: logits (B, Q, ...) for query_x (B, Q, *x_shape); the state is unchanged."""
         return self.answer(state, query_x).logits
 
-    def empty_state(self, batch_size: int = 1) -> State:
+    def empty_state(self, batch_size: int = 1, max_tokens: int | None = None) -> State:
         """The empty memory, in the dtype activations have here: the weights' dtype, or the low type of
         an autocast in effect (mixed precision, ``mclstudio.precision``). Each model's ``init_state``
-        keeps its accumulating memory (SSM state, S and z) in at least float32 all the same."""
+        keeps its accumulating memory (SSM state, S and z) in at least float32 all the same.
+        max_tokens: see ``init_state``."""
         p = self.head.weight
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
-        return self.init_state(batch_size, p.device, dtype)
+        return self.init_state(batch_size, p.device, dtype, max_tokens)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

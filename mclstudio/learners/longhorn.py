@@ -74,13 +74,14 @@ class LonghornMixer(SelectiveMixer):
     def compile_training(self, backend: str = "inductor") -> None:
         """Under autograd, the transition through torch.compile: its (B, L, d_inner, N) log-decay and the
         backward of its log1p's fused into a few passes instead of about twenty."""
-        self.__dict__["_compiled_transition"] = torch.compile(longhorn_transition, backend=backend)
+        # dynamic: the stream, its chunks and the queries come in many lengths
+        self.__dict__["_compiled_transition"] = torch.compile(longhorn_transition, backend=backend, dynamic=True)
 
     def transition(self, dt: Tensor, B: Tensor) -> Transition:
         beta = torch.sigmoid(dt + self.dt_proj.bias)
         compiled = self.__dict__["_compiled_transition"]
-        if compiled is not None and torch.is_grad_enabled():
-            return compiled(beta, B)
+        if compiled is not None and torch.is_grad_enabled():  # contiguous: one stride pattern, one graph
+            return compiled(beta.contiguous(), B.contiguous())
         return longhorn_transition(beta, B)
 
 

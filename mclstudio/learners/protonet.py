@@ -113,7 +113,9 @@ class ProtoNetLearner(Learner):
         self.norm_f = nn.Identity()
 
     # ---- the four model operations: ProtoNet reads codes, not label embeddings ----------------------
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> ProtoState:
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_tokens: int | None = None
+    ) -> ProtoState:
         ct = torch.promote_types(dtype, torch.float32)
         V, D = self.config.y_vocab, self.config.d_model
         return ProtoState(torch.zeros(batch_size, V, D, device=device, dtype=ct),

@@ -287,7 +287,9 @@ class SSMLearner(Learner):
         for layer in self.layers:
             layer.mixer.compile_training(backend)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> SSMState:
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_tokens: int | None = None
+    ) -> SSMState:
         mixers = [layer.mixer for layer in self.layers]
         return SSMState(
             conv=[torch.zeros(batch_size, m.d_inner, m.d_conv, device=device, dtype=dtype) for m in mixers],

@@ -44,6 +44,13 @@ class Frame:
     episode_done: bool = False
 
 
+def map_learners(names: list[str], models: dict[str, str]) -> list[str]:
+    """The learners whose association rows the studio's map shows: Mamba's hidden attention next to the
+    Transformer's attention when both are loaded, else the first two learners."""
+    preferred = [n for n in names if models.get(n) in ("mamba", "transformer")]
+    return preferred[:2] if len(preferred) >= 2 else names[:2]
+
+
 def _image(x: np.ndarray) -> np.ndarray:
     """(C, H, W) or (H, W) -> (H, W) grey: the mean over channels."""
     return x.mean(axis=0) if x.ndim == 3 else x
@@ -52,11 +59,20 @@ def _image(x: np.ndarray) -> np.ndarray:
 class LiveFeed:
     """Streams episodes (seeds spec.seed, spec.seed + 1, ...) through the loaded checkpoints in lock-step,
     with the same engine settings as ``mclstudio record``, so that a recording made here matches one
-    made there. precision: "fp32", "bf16" or "fp16" (``mclstudio.precision``)."""
+    made there. precision: "fp32", "bf16" or "fp16" (``mclstudio.precision``); fused_step: the engine's
+    (``EngineConfig.fused_step``: "auto" captures each learner's step as a CUDA graph on a GPU).
+
+    Association rows cost a parallel pass over the stream read so far, per learner, at every task end
+    (Mamba's and Longhorn's hidden attention most): they are computed as the stream goes only for the
+    learners the map shows (``map_learners``), and for every learner while ``recording`` is set; the
+    rows a recorded episode lacks are computed when it is written, so that a recording holds what
+    ``mclstudio record`` writes."""
 
     live = True
 
-    def __init__(self, checkpoints: list[Checkpoint], spec: EpisodeSpec, precision: str = "fp32") -> None:
+    def __init__(
+        self, checkpoints: list[Checkpoint], spec: EpisodeSpec, precision: str = "fp32", fused_step: str = "auto"
+    ) -> None:
         if not checkpoints:
             raise ValueError("open needs at least one checkpoint")
         for ckpt in checkpoints:
@@ -70,12 +86,16 @@ class LiveFeed:
         self.spec = spec
         self.names = learner_names(checkpoints)
         self.models = {n: c.learner.config.model for n, c in zip(self.names, checkpoints)}  # name -> "mamba", ...
-        self.config = EngineConfig(rows_queries=default_rows_queries(spec), precision=precision)
+        self.config = EngineConfig(rows_queries=default_rows_queries(spec), precision=precision, fused_step=fused_step)
+        self.config.validate(spec.tasks * spec.test_shots)
         self.source = get_source(spec.dataset)
         self.source.check(spec)  # a bad request fails here, in the picker, not in the worker
         self.episode_index = 0
         self.traces: dict[str, EpisodeTrace] = {}
         self.episode: Episode | None = None
+        self.engine: StreamEngine | None = None
+        self.shown_rows = set(map_learners(self.names, self.models))
+        self.recording = False  # set by the studio's player while it records: every learner's rows
 
     def frames(self) -> Iterator[Frame]:
         """Endless: one episode after another, each with the next seed."""
@@ -84,13 +104,14 @@ class LiveFeed:
             spec = self.spec.with_seed(self.spec.seed + self.episode_index)
             episode = self.source.episode(spec)
             engine = StreamEngine(learners, episode, self.config)
-            self.episode = episode
+            self.episode, self.engine = episode, engine
             self.traces = {n: EpisodeTrace.empty(n, engine, l.config.n_layers) for n, l in learners}
             images = episode.stream_x[0].cpu().numpy()
             labels = episode.stream_y[0].cpu().numpy()
             stream_task = episode.stream_task.cpu().numpy()
             rows_task = episode.query_task.cpu().numpy()[list(self.config.rows_queries)]
             starts = task_starts(episode.stream_task).cpu().numpy()
+            engine.rows_for = None if self.recording else self.shown_rows
             for snaps in engine:
                 for s in snaps:
                     self.traces[s.learner].add(s)
@@ -98,6 +119,7 @@ class LiveFeed:
                 yield Frame(self.episode_index, i, engine.num_examples, engine.tasks, int(stream_task[i]),
                             int(labels[i]), snaps, _image(images[i]), rows_task, starts,
                             episode_done=i == engine.num_examples - 1)
+                engine.rows_for = None if self.recording else self.shown_rows  # (for the next step)
             self.episode_index += 1
 
     def start_recording(self, path: str | Path) -> RecordingWriter:
@@ -106,8 +128,15 @@ class LiveFeed:
         return RecordingWriter(path, idents, self.config)
 
     def write_episode(self, writer: RecordingWriter) -> None:
-        """Append the episode just finished (every step of it is in self.traces)."""
-        assert self.episode is not None
+        """Append the episode just finished (every step of it is in self.traces), with every learner's
+        association rows."""
+        assert self.episode is not None and self.engine is not None
+        engine = self.engine
+        for k, (name, _) in enumerate(engine.learners):  # the rows the stream left out (rows_for)
+            trace = self.traces[name]
+            for i in range(engine.num_examples):
+                if engine.rows_due(i) and i not in trace.rows_steps:
+                    trace.add_rows(i, engine.rows(k, i + 1)[0])
         writer.write_episode(self.episode, self.traces)
 
 

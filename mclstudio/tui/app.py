@@ -48,10 +48,12 @@ class StudioApp(App):
         record_dir: str | Path = ".",
         autostart: bool = False,
         precision: str = "fp32",
+        fused_step: str = "auto",
     ) -> None:
         super().__init__()
         self.checkpoints = checkpoints or []
         self.precision = replay.recording.engine_config.precision if replay else precision
+        self.fused_step = fused_step  # the engine's (EngineConfig.fused_step) for every live feed
         self.spec = spec or EpisodeSpec()
         self.record_dir = Path(record_dir)
         self.autostart = autostart
@@ -107,7 +109,7 @@ class StudioApp(App):
                     return "give at least one checkpoint"
                 device = learner_device(self.checkpoints[0].learner) if self.checkpoints else "cpu"
                 checkpoints = load_learners(paths, adapters, device=device)
-            feed = LiveFeed(checkpoints, spec, self.precision)
+            feed = LiveFeed(checkpoints, spec, self.precision, self.fused_step)
         except Exception as exc:  # noqa: BLE001 - shown in the picker, one line
             return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         self.spec = spec

@@ -18,20 +18,22 @@ from mclstudio.recording.playback import LiveFeed, ReplayFeed
 def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omniglot-mini", split: str = "test",
                    tasks: int = 20, shots: int | str = 5, seed: int = 0, noise: float = 0.0, device: str = "auto",
                    record_dir: str | Path = ".", play: bool = False, show_timing: bool = True,
-                   precision: str = "fp32", adapters: tuple[str, ...] | list[str] = ()) -> StudioApp:
+                   precision: str = "fp32", adapters: tuple[str, ...] | list[str] = (),
+                   fused_step: str = "auto") -> StudioApp:
     """Load the checkpoints (on the GPU when there is one), apply any adapters and check the default
-    episode; the app."""
+    episode; the app. fused_step: "auto" (each learner's step a CUDA graph on a GPU) or "off" (op by op;
+    ``EngineConfig.fused_step``)."""
     dev = resolve_device(device)
     check_precision(precision, dev)
     loaded = load_learners(checkpoints, adapters, device=dev)
     train_shots, per_task = parse_shots(str(shots), tasks)  # "5", or one per task: "1,3,5"
     spec = EpisodeSpec(dataset=dataset, split=split, tasks=tasks, train_shots=train_shots, shots=per_task, seed=seed,
                        noise_std=noise)
-    LiveFeed(loaded, spec)  # raises on a spec the learners or the dataset cannot serve
+    LiveFeed(loaded, spec, precision, fused_step)  # raises on a spec the learners or the dataset cannot serve
     if not Path(record_dir).is_dir():
         raise ValueError(f"record folder not found: {record_dir}")
     return StudioApp(loaded, spec=spec, record_dir=record_dir, autostart=play, show_timing=show_timing,
-                     precision=precision)
+                     precision=precision, fused_step=fused_step)
 
 
 def build_replay_app(recording: str | Path, show_timing: bool = True) -> StudioApp:

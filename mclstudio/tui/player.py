@@ -143,6 +143,7 @@ class Player:
                 post: Callable[[Message], object]) -> RecordingWriter | None:
         """Open a writer when recording starts; append each episode that finishes while it records."""
         path = self.controls.recording_to
+        feed.recording = path is not None  # while recording, every learner's rows as the stream goes
         if path is None:
             return None
         try:

@@ -21,7 +21,7 @@ from textual.widget import Widget
 
 from mclstudio.engine.stream import Snapshot
 from mclstudio.formatting import format_bytes
-from mclstudio.recording.playback import Frame
+from mclstudio.recording.playback import Frame, map_learners
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -426,8 +426,7 @@ class AssociationMap(FramePanel):
             return
         self._drawn = key
         names = [s.learner for s in f.snapshots if s.learner in view.maps]
-        preferred = [n for n in names if view.models.get(n) in ("mamba", "transformer")]
-        shown = {n: view.maps[n] for n in (preferred or names)[:2]}
+        shown = {n: view.maps[n] for n in map_learners(names, view.models)}
         kinds = {n: association_kind(view.models.get(n, "")) for n in shown}
         q = view.query_row % max(len(f.rows_query_task), 1)
         qtask = int(f.rows_query_task[q]) if len(f.rows_query_task) else 0

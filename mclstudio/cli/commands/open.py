@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mclstudio.choices import STUDIO_FUSED_MODES
 from mclstudio.cli.options import adapter_option, device_and_precision_options, episode_options
 
 
@@ -17,8 +18,11 @@ from mclstudio.cli.options import adapter_option, device_and_precision_options, 
 @click.option("--record-dir", default=".", show_default=True, help="Where r (record) and exports write.")
 @click.option("--play", is_flag=True, help="Skip the picker and start playing the default episode.")
 @adapter_option
+@click.option("--fused-step", type=click.Choice(STUDIO_FUSED_MODES), default="auto", show_default=True,
+              help="auto: on a GPU each learner's step and queries run as one captured CUDA graph; off: op by op.")
 def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: str, seed: int,
-                 noise: float, device: str, precision: str, record_dir: str, play: bool, adapters: tuple[str, ...]) -> None:
+                 noise: float, device: str, precision: str, record_dir: str, play: bool, adapters: tuple[str, ...],
+                 fused_step: str) -> None:
     """Open the live studio (a Textual app) on one or more checkpoints."""
     from mclstudio.files import check_output
 
@@ -30,5 +34,6 @@ def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: 
     from mclstudio.tui.cli import open_studio
 
     open_studio(checkpoints, dataset=dataset, split=split, tasks=tasks, shots=shots, seed=seed, noise=noise,
-                device=device, record_dir=record_dir, play=play, precision=precision, adapters=adapters)
+                device=device, record_dir=record_dir, play=play, precision=precision, adapters=adapters,
+                fused_step=fused_step)
 

@@ -78,7 +78,10 @@ class KernelAttention(Attention):
         with torch.autocast(x.device.type, enabled=False):
             return self.feature_map(q.to(ct), True), self.feature_map(k.to(ct), False), v.to(ct)
 
-    def empty_memory(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    def empty_memory(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_tokens: int | None = None
+    ) -> tuple[Tensor, ...]:
+        """(S, z) zeroed; their size does not depend on the stream, so max_tokens changes nothing."""
         ct = torch.promote_types(dtype, torch.float32)
         B, H, m = batch_size, self.n_heads, self.n_features
         return (
@@ -87,7 +90,7 @@ class KernelAttention(Attention):
         )
 
     @staticmethod
-    def make_state(memories: list[tuple[Tensor | None, ...]], length: int) -> MatrixState:
+    def make_state(memories: list[tuple[Tensor | None, ...]], length: int, preallocated: bool = False) -> MatrixState:
         S = [m[0] for m in memories]
         z = [m[1] for m in memories]
         kept = all(len(m) > 3 and m[2] is not None for m in memories)

@@ -44,13 +44,17 @@ class Attention(nn.Module, ABC):
         return self.out(o.transpose(1, 2).reshape(B, T, H * dh))
 
     @abstractmethod
-    def empty_memory(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
-        """This layer's memory before any token."""
+    def empty_memory(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_tokens: int | None = None
+    ) -> tuple[Tensor, ...]:
+        """This layer's memory before any token; max_tokens (where known): the most tokens it will read,
+        for a memory that grows to preallocate (``Learner.init_state``)."""
 
     @staticmethod
     @abstractmethod
-    def make_state(memories: list[tuple[Tensor | None, ...]], length: int) -> State:
-        """The state holding every layer's memory (as returned by ``empty_memory`` or ``scan``)."""
+    def make_state(memories: list[tuple[Tensor | None, ...]], length: int, preallocated: bool = False) -> State:
+        """The state holding every layer's memory (as returned by ``empty_memory`` or ``scan``);
+        preallocated: the memories are ``empty_memory(..., max_tokens)``'s buffers for the whole stream."""
 
     @abstractmethod
     def scan(self, x: Tensor, keep_history: bool) -> tuple[Tensor, tuple[Tensor | None, ...]]:

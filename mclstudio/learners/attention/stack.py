@@ -84,9 +84,12 @@ class AttentionLearner(Learner):
         counters = state.counters()
         return counters[0] if counters else state.length
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
-        attn = self.layers[0].attn
-        return attn.make_state([l.attn.empty_memory(batch_size, device, dtype) for l in self.layers], 0)
+    def init_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype, max_tokens: int | None = None
+    ) -> State:
+        """A growing KV cache (Transformer; preallocated for max_tokens where given) or the fixed (S, z)."""
+        memories = [l.attn.empty_memory(batch_size, device, dtype, max_tokens) for l in self.layers]
+        return self.layers[0].attn.make_state(memories, 0, preallocated=max_tokens is not None)
 
     def scan(self, h: Tensor, keep_history: bool = False, ends: Tensor | None = None) -> State:
         """h: (B, L, D) -> the state after the stream (KV cache or S, z; with keep_history or ends the
