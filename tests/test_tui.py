@@ -4,6 +4,7 @@ one-line errors for bad paths. Small episodes (few tasks and shots) keep every t
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,29 @@ def test_fused_step_choice_reaches_the_engine(tmp_path: Path) -> None:
     asyncio.run(go())
     with pytest.raises(ValueError, match="fused_step"):
         build_open_app([MAMBA], device="cpu", record_dir=tmp_path, fused_step="always")
+
+
+def test_switch_interval_is_shortened_only_for_gpu_learners(tmp_path: Path) -> None:
+    """On a GPU the studio shortens Python's thread switch interval (the worker and the UI share the
+    interpreter lock) and puts it back when it stops; on the CPU it leaves it alone."""
+    from mclstudio.tui.app import GPU_SWITCH_INTERVAL_S, switch_interval_for
+
+    assert switch_interval_for("cuda") == switch_interval_for("cuda:1") == GPU_SWITCH_INTERVAL_S == 0.001
+    assert switch_interval_for("cpu") is None
+    before = sys.getswitchinterval()
+
+    async def go() -> None:
+        app = small_app(tmp_path)
+        async with app.run_test(size=SIZE) as pilot:
+            await start_live(pilot)
+            assert sys.getswitchinterval() == before  # CPU learners: Python's own
+            app._switch_interval_before, changed = before, 0.002  # as on_mount does for GPU learners
+            sys.setswitchinterval(changed)
+            await pilot.press("q")
+            await pilot.pause()
+
+    asyncio.run(go())
+    assert sys.getswitchinterval() == before  # restored when the app stopped
 
 
 def test_help_screen_and_quit(tmp_path: Path) -> None:

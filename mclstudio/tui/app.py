@@ -7,6 +7,7 @@ with a message (messages.py), the palette (palette.py) lists the commands the ap
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -26,6 +27,18 @@ from mclstudio.tui.messages import EpisodeRequested
 from mclstudio.tui.palette import StudioCommands
 from mclstudio.tui.player import Controls, Player
 from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
+
+
+# Python's thread switch interval while the models run on a GPU. The worker that steps them and the UI
+# share the interpreter lock; at the default 5 ms the worker waits for it between the graphs' launches.
+# One H200, five learners (benchmarks/tui_fps.py): 41.9 model steps/s at 5 ms, 56.5 at 1 ms. On this
+# 2-core CPU 1 ms was slightly slower (20.0 against 21.2 steps/s), so the CPU keeps Python's default.
+GPU_SWITCH_INTERVAL_S = 0.001
+
+
+def switch_interval_for(device: str) -> float | None:
+    """The thread switch interval the studio sets for learners on ``device`` (None: leave Python's)."""
+    return GPU_SWITCH_INTERVAL_S if device.startswith("cuda") else None
 
 
 class StudioApp(App):
@@ -61,9 +74,14 @@ class StudioApp(App):
         self.learner_names: list[str] = list(replay.names) if replay else []
         self.player = Player()
         self.live = LiveScreen(self.player, self.record_dir, show_timing)
+        self._switch_interval_before: float | None = None
 
     # ---- the feed's lifecycle ---------------------------------------------------------------------
     def on_mount(self) -> None:
+        interval = switch_interval_for(str(learner_device(self.checkpoints[0].learner))) if self.checkpoints else None
+        if interval is not None:
+            self._switch_interval_before = sys.getswitchinterval()
+            sys.setswitchinterval(interval)
         self.set_sub_title("replay" if self.feed is not None else ", ".join(c.name for c in self.checkpoints))
         self.install_screen(self.live, "live")
         if self.feed is not None:  # replay: no picker, straight to the live view
@@ -76,6 +94,10 @@ class StudioApp(App):
                 self.player.toggle_play()
         else:
             self.push_screen(self._picker())
+
+    def on_unmount(self) -> None:
+        if self._switch_interval_before is not None:  # the process goes on after the app (tests, benchmarks)
+            sys.setswitchinterval(self._switch_interval_before)
 
     def set_sub_title(self, text: str) -> None:
         """The header's subtitle; a precision other than the default fp32 is added to it."""
