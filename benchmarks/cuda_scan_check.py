@@ -73,13 +73,19 @@ def check_state_dict_interchange(seed: int) -> dict:
     return {"ours_cuda_vs_mamba_ssm": rel(a, b), "ours_reference_vs_mamba_ssm": rel(c, b)}
 
 
-def check_learner(seed: int) -> dict:
-    results = {}
+def tiny_learners(seed: int):
+    """(name, a small Mamba or Longhorn learner on the CPU, (stream_x, stream_y, query_x) of 40 pairs and
+    10 queries), the same for a given seed."""
     for name, learner_class, config_class in (("mamba", MambaLearner, MambaConfig), ("longhorn", LonghornLearner, LonghornConfig)):
         torch.manual_seed(seed)
         cfg = config_class(d_model=64, n_layers=2, x_shape=(1, 32, 32), y_vocab=20, encoder_channels=32)
         model = learner_class(cfg).eval()
-        sx, sy, qx = torch.randn(2, 40, 1, 32, 32), torch.randint(0, 20, (2, 40)), torch.randn(2, 10, 1, 32, 32)
+        yield name, model, (torch.randn(2, 40, 1, 32, 32), torch.randint(0, 20, (2, 40)), torch.randn(2, 10, 1, 32, 32))
+
+
+def check_learner(seed: int) -> dict:
+    results = {}
+    for name, model, (sx, sy, qx) in tiny_learners(seed):
         with torch.no_grad():
             cpu = model(sx, sy, qx, with_rows=True)
             model.cuda()
@@ -107,11 +113,7 @@ def training_path(model: torch.nn.Module, device: str, inputs: tuple, query_end:
 
 def check_training(seed: int) -> dict:
     results = {}
-    for name, learner_class, config_class in (("mamba", MambaLearner, MambaConfig), ("longhorn", LonghornLearner, LonghornConfig)):
-        torch.manual_seed(seed)
-        cfg = config_class(d_model=64, n_layers=2, x_shape=(1, 32, 32), y_vocab=20, encoder_channels=32)
-        model = learner_class(cfg).eval()
-        inputs = (torch.randn(2, 40, 1, 32, 32), torch.randint(0, 20, (2, 40)), torch.randn(2, 10, 1, 32, 32))
+    for name, model, inputs in tiny_learners(seed):
         for objective, query_end in (("end", None), ("anytime", torch.tensor([40, 40, 30, 30, 20, 20, 10, 10, 40, 5]))):
             cpu = training_path(model, "cpu", inputs, query_end, seed)
             gpu = training_path(model, "cuda", inputs, query_end, seed)
