@@ -11,13 +11,16 @@ import torch
 from torch import Tensor
 
 from mclstudio.data.episodes import EpisodeSpec
+from mclstudio.transfer import to_device
 
 
 def example_tasks(spec: EpisodeSpec, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """Task index of each stream example (N,) and of each query (Q,), int64, task-major."""
-    tasks = torch.arange(spec.tasks, device=device)
-    shots = torch.tensor(spec.task_shots, device=device)
-    return tasks.repeat_interleave(shots), tasks.repeat_interleave(spec.test_shots)
+    """Task index of each stream example (N,) and of each query (Q,), int64, task-major. Made on the host
+    and copied without a wait (``transfer.to_device``): on a GPU, repeat_interleave by a tensor of shots
+    would read the total back."""
+    tasks = torch.arange(spec.tasks)
+    stream = tasks.repeat_interleave(torch.tensor(spec.task_shots))
+    return to_device(stream, device), to_device(tasks.repeat_interleave(spec.test_shots), device)
 
 
 def token_tasks(stream_task: Tensor) -> Tensor:

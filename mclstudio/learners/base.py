@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from mclstudio.learners.encoders import TokenEmbedding
+from mclstudio.transfer import to_device
 
 
 @dataclass
@@ -65,6 +66,18 @@ class LearnerConfig:
     @property
     def is_regression(self) -> bool:
         return self.y_vocab == 0
+
+
+def checked_query_end(query_end: Tensor, n_queries: int, n_pairs: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The anytime objective's query_end (Q,) pair counts, checked to lie in 0..n_pairs, on ``device``, with
+    its distinct values (K,) increasing and each query's index among them (Q,). The checks and the
+    distinct values are worked out on the host (the trainer's query_end is a host tensor), so that a GPU
+    never has a value read back mid-step. ValueError (one line) for a bad query_end."""
+    host = query_end.cpu().long()
+    if host.shape != (n_queries,) or int(host.min()) < 0 or int(host.max()) > n_pairs:
+        raise ValueError(f"query_end must be ({n_queries},) pair counts in 0..{n_pairs}")
+    distinct, index = torch.unique(host, return_inverse=True)
+    return to_device(host, device), to_device(distinct, device), to_device(index, device)
 
 
 class LearnerOutput(NamedTuple):
@@ -176,12 +189,9 @@ class Learner(nn.Module, ABC):
         h = self.embedding.interleave(stream_x, stream_y)
         if query_end is None:
             return self.answer_embedded(self.scan(h, keep_history=with_rows), query_x, with_rows)
-        n = stream_x.shape[1]
-        if query_end.shape != (query_x.shape[1],) or int(query_end.min()) < 0 or int(query_end.max()) > n:
-            raise ValueError(f"query_end must be ({query_x.shape[1]},) pair counts in 0..{n}")
-        token_end = 2 * query_end.to(device=h.device, dtype=torch.long)
-        state = self.scan(h, keep_history=with_rows, ends=torch.unique(token_end))
-        out, rows = self.read(state, query_x, with_rows, query_end=token_end)
+        query_end, distinct, _ = checked_query_end(query_end, query_x.shape[1], stream_x.shape[1], h.device)
+        state = self.scan(h, keep_history=with_rows, ends=2 * distinct)  # token counts
+        out, rows = self.read(state, query_x, with_rows, query_end=2 * query_end)
         return LearnerOutput(self.head(self.norm_f(out)), rows)
 
     def answer(self, state: State, query_x: Tensor, with_rows: bool = False) -> LearnerOutput:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mclstudio.learners.base import Learner, LearnerConfig, LearnerOutput, State
+from mclstudio.learners.base import Learner, LearnerConfig, LearnerOutput, State, checked_query_end
 
 EMPTY_LOGIT = -1e9  # a code with no example: never predicted while any code has one
 
@@ -153,10 +153,7 @@ class ProtoNetLearner(Learner):
             visible, slot = None, None
             seen = torch.ones(1, n, dtype=ct, device=stream_x.device)  # (K=1, N)
         else:
-            if query_end.shape != (query_x.shape[1],) or int(query_end.min()) < 0 or int(query_end.max()) > n:
-                raise ValueError(f"query_end must be ({query_x.shape[1]},) pair counts in 0..{n}")
-            query_end = query_end.to(device=stream_x.device, dtype=torch.long)
-            ends, slot = torch.unique(query_end, return_inverse=True)
+            query_end, ends, slot = checked_query_end(query_end, query_x.shape[1], n, stream_x.device)
             positions = torch.arange(n, device=stream_x.device)
             seen = (positions[None, :] < ends[:, None]).to(ct)  # (K, N)
             visible = positions[None, :] < query_end[:, None]  # (Q, N)

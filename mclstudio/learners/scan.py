@@ -178,7 +178,8 @@ def scan_with_state_probes(
     as ``selective_scan``: the last state, or with ends (K,) the states (batch, K, d_inner, N) there.
     """
     L = u.shape[-1]
-    at = ends if ends is not None else torch.tensor([L], device=u.device)
+    # made on the device: a tensor copied from the host would wait for the queued kernels
+    at = ends if ends is not None else torch.full((1,), L, dtype=torch.long, device=u.device)
     probed, stream_pos, probe_pos = insert_state_probes(u, delta, B, C, at)
     y = ungated_scan(probed[0], probed[1], A, probed[2], probed[3], D, delta_bias)
     gated = y.index_select(-1, stream_pos) * F.silu(z.float())

@@ -25,6 +25,7 @@ from mclstudio.learners.base import Learner
 from mclstudio.metrics import episode_accuracy, episode_mse
 from mclstudio.choices import TRAIN_PRECISIONS
 from mclstudio.precision import autocast, check_precision
+from mclstudio.transfer import to_device
 from mclstudio.training.interrupt import stop_requested
 from mclstudio.training.losses import selectivity_kl, task_loss
 
@@ -106,7 +107,8 @@ def meta_train_step(
         )
         loss_task = task_loss(logits, ep.query_y)
         loss_slct = (
-            selectivity_kl(rows, ep.stream_task, ep.query_task, query_end) if rows is not None else loss_task.new_zeros(())
+            selectivity_kl(rows, ep.stream_task, ep.query_task, None if query_end is None else to_device(query_end, stream_x.device))
+            if rows is not None else loss_task.new_zeros(())
         )
         loss = loss_task + slct_lambda * loss_slct
     optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mclstudio.choices import OBJECTIVES
 from mclstudio.data import EpisodeSpec, ImageSource, ShapeRange, get_source
+from mclstudio.data.layout import example_tasks
 from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
 from mclstudio.store.checkpoint import load_checkpoint, save_checkpoint
@@ -249,7 +250,8 @@ class MetaTraining:
         query_end = None
         if cfg.objective == "anytime":
             generator = anytime_generator(cfg.seed, step)
-            query_end = sample_query_end(episodes.stream_task, episodes.query_task, generator).to(loop.device)
+            # from the spec's tasks on the host: the episodes' copies on a GPU would be read back
+            query_end = sample_query_end(*example_tasks(step_spec), generator)
         return Batch(episodes, self.frozen_table, query_end)
 
     def save(self, step: int, last_log: TrainLog | None) -> None:

@@ -15,6 +15,7 @@ from mclstudio.data import augmentation
 from mclstudio.data.episodes import DataError, Episode, EpisodeSpec
 from mclstudio.data.layout import example_tasks
 from mclstudio.data.sources.base import EpisodeSource, episode_rng, input_noise
+from mclstudio.transfer import to_device
 
 IMAGE_SIZE = 32
 
@@ -116,13 +117,13 @@ class ImageSource(EpisodeSource):
 
         # One gather for the whole batch, on the device that holds the images.
         dev = self.device
-        class_t = torch.from_numpy(np.stack(class_ids)).to(dev)
-        codes_t = torch.from_numpy(np.stack(codes)).to(dev)
-        train_t = torch.from_numpy(np.stack(train_ids)).to(dev)  # (B, T, S_max)
-        test_t = torch.from_numpy(np.stack(test_ids)).to(dev)  # (B, T, S_test)
+        class_t = to_device(torch.from_numpy(np.stack(class_ids)), dev)
+        codes_t = to_device(torch.from_numpy(np.stack(codes)), dev)
+        train_t = to_device(torch.from_numpy(np.stack(train_ids)), dev)  # (B, T, S_max)
+        test_t = to_device(torch.from_numpy(np.stack(test_ids)), dev)  # (B, T, S_test)
         batch_size = len(specs)
         stream_task, query_task = example_tasks(first, dev)
-        stream_ids = torch.from_numpy(np.stack(train_ids)[:, ~padding]).to(dev)  # (B, N), task-major
+        stream_ids = to_device(torch.from_numpy(np.stack(train_ids)[:, ~padding]), dev)  # (B, N), task-major
         stream_x = self._gather(stream_ids)  # (B, N, C, H, W)
         query_x = self._gather(test_t.reshape(batch_size, -1))  # (B, Q, C, H, W)
         if variants:  # every episode of a batch shares `augment` (it is part of the shape check)

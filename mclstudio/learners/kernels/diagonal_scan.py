@@ -112,18 +112,16 @@ def fused_diagonal_scan_supported(u: Tensor, N: int) -> bool:
     return u.is_cuda and fused_kernels_enabled() and power_of_2(N)
 
 
-def end_slots(ends: Tensor, length: int) -> tuple[Tensor, Tensor, Tensor]:
-    """For states wanted after the first ends[k] tokens (K,) of a length-token stream: slot (length,) int32,
-    the index among the distinct positive ends of the state kept after token t (else -1); the distinct
-    ends; and for each k its index among them (ends of 0, the empty state, get the last index + 1)."""
-    distinct, inverse = torch.unique(ends, return_inverse=True)
-    positive = distinct > 0
-    slot = torch.full((length,), -1, dtype=torch.int32, device=ends.device)
-    kept = distinct[positive]
-    slot[kept - 1] = torch.arange(kept.numel(), dtype=torch.int32, device=ends.device)
-    # distinct is sorted, so a 0 comes first: shift the others down by one and send 0 to the zero row
-    index = torch.where(distinct[inverse] > 0, inverse - int((~positive).sum()), kept.numel())
-    return slot, kept, index
+def end_slots(ends: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """For states wanted after the first ends[k] tokens (K,) (non-decreasing, in 0..length) of a
+    length-token stream: slot (length,) int32, the slot the state after token t is kept in (else -1), and
+    for each k the slot holding its state. Slot k belongs to the first of equal ends; an end of 0 gets a
+    slot nothing is written to (the empty state, zeros). Made on the device without reading a value
+    back (no unique, no count), so a GPU is never waited for."""
+    first = torch.searchsorted(ends, ends)  # the first of each run of equal ends
+    slot = torch.full((length + 1,), -1, dtype=torch.int32, device=ends.device)
+    slot[torch.where(ends > 0, ends - 1, length)] = first.to(torch.int32)  # ends of 0 write past the stream
+    return slot[:length], first
 
 
 class DiagonalScan(torch.autograd.Function):
@@ -175,7 +173,7 @@ def fused_diagonal_scan(
     D (d_inner,). Returns y (B, d_inner, L) and the last state (B, d_inner, N), or with ends (K,) (token
     counts in 0..L) the states after each of the first ends[k] tokens (B, K, d_inner, N), float32."""
     L = u.shape[-1]
-    slot, kept, index = end_slots(ends if ends is not None else torch.tensor([L], device=u.device), L)
-    y, states = DiagonalScan.apply(log_decay, rate, key, u, C, D, slot, kept.numel())
-    states = torch.cat([states, states.new_zeros(states[:, :1].shape)], dim=1)[:, index]  # the empty state last
-    return y, (states[:, 0] if ends is None else states)
+    at = ends if ends is not None else torch.full((1,), L, dtype=torch.long, device=u.device)
+    slot, index = end_slots(at, L)
+    y, states = DiagonalScan.apply(log_decay, rate, key, u, C, D, slot, at.shape[0])
+    return y, (states[:, 0] if ends is None else states[:, index])
