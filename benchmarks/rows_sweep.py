@@ -6,8 +6,10 @@ and forward + backward at a training step's shapes, with their error against flo
 An earlier design made the keys in registers inside three tile-product kernels: 6.5 ms forward and
 17.6 ms forward + backward a layer at the paper size on an H200, against 1.36 / 4.53 ms for keys
 written once (index-gathered tiles, before the (tokens x channels x states) tiles) and 1.28 / 4.24 ms
-with bfloat16 keys (ten times the error: 3.9e-3 against 4.1e-4), measured at commit 8f0d0c5's parent
-with this script's first version.
+with bfloat16 keys (ten times the error: 3.9e-3 against 4.1e-4). Those three were measured with this
+script's first version on a working tree never committed in that form (just before commit 59ab117,
+which kept float32 keys and moved to the (tokens x channels x states) tiles). The queries' weights were
+an input then; now the kernel makes them too.
 
     python benchmarks/rows_sweep.py --device cuda --out benchmarks/results/rows_sweep_h200.json
 
@@ -30,7 +32,7 @@ import torch
 from mclstudio.learners.hidden_attention import stream_keys
 from mclstudio.learners.kernels import hidden_rows
 from mclstudio.learners.longhorn import longhorn_transition
-from mclstudio.learners.scan import mamba_transition
+from mclstudio.learners.scan import Transition, mamba_transition, query_weights
 
 TILES = [(32, 16), (16, 16), (16, 32), (64, 8), (8, 64)]  # (BLOCK_L, BLOCK_D)
 
@@ -38,22 +40,34 @@ TILES = [(32, 16), (16, 16), (16, 32), (64, 8), (8, 64)]  # (BLOCK_L, BLOCK_D)
 def inputs(batch: int, Q: int, L: int, d_inner: int, N: int, device: torch.device, dtype=torch.float32) -> dict:
     g = torch.Generator().manual_seed(0)
     return {
-        "G": torch.randn(batch, Q, d_inner, N, generator=g, dtype=dtype).to(device) * 0.3,
+        "delta_q": (torch.rand(batch, Q, d_inner, generator=g, dtype=dtype) * 0.1).to(device),
+        "C": torch.randn(batch, Q, N, generator=g, dtype=dtype).to(device) * 0.3,
         "delta": (torch.rand(batch, L, d_inner, generator=g, dtype=dtype) * 0.1).to(device),
         "B": torch.randn(batch, L, N, generator=g, dtype=dtype).to(device),
         "A": (-torch.rand(d_inner, N, generator=g, dtype=dtype) * 3 - 0.1).to(device),
     }
 
 
+def transitions(kind: str, x: dict) -> tuple[Transition, Transition]:
+    """The queries' and the stream's Transition: Mamba's, or Longhorn's with beta from delta."""
+    if kind == "mamba":
+        return mamba_transition(x["delta_q"], x["A"], x["C"]), mamba_transition(x["delta"], x["A"], x["B"])
+    return (longhorn_transition(torch.sigmoid(x["delta_q"] * 10), x["C"]),
+            longhorn_transition(torch.sigmoid(x["delta"] * 10), x["B"]))
+
+
 def rows(kind: str, x: dict) -> torch.Tensor:
     if kind == "mamba":
-        return hidden_rows.mamba_rows(x["G"], x["delta"], x["B"], x["A"])
-    return hidden_rows.transition_rows(x["G"], longhorn_transition(torch.sigmoid(x["delta"] * 10), x["B"]))
+        return hidden_rows.mamba_rows(x["delta_q"], x["C"], x["delta"], x["B"], x["A"])
+    query_move, move = transitions(kind, x)
+    return hidden_rows.transition_rows(query_move, x["C"], move)
 
 
 def reference(kind: str, x: dict) -> torch.Tensor:
-    move = mamba_transition(x["delta"], x["A"], x["B"]) if kind == "mamba" else longhorn_transition(torch.sigmoid(x["delta"] * 10), x["B"])
-    return torch.einsum("bqdn,bldn->bql", x["G"], stream_keys(move)) / x["G"].shape[-2]
+    """The PyTorch code the CPU runs: the queries' weights, the stream's keys and one einsum."""
+    query_move, move = transitions(kind, x)
+    G = query_weights(x["C"], query_move.log_decay)
+    return torch.einsum("bqdn,bldn->bql", G, stream_keys(move)) / G.shape[-2]
 
 
 def timed_ms(fn, repeat: int = 10) -> float:
@@ -95,7 +109,7 @@ def main() -> None:
 
                 def train() -> None:
                     out = fn(kind, leaves)
-                    wrt = list(leaves.values()) if kind == "mamba" else [leaves["G"], leaves["delta"], leaves["B"]]
+                    wrt = [v for k, v in leaves.items() if kind == "mamba" or k != "A"]  # Longhorn has no A
                     torch.autograd.grad((out * weights).sum(), wrt)
 
                 torch.cuda.reset_peak_memory_stats(device)
