@@ -15,3 +15,4 @@ EVAL_MODES = ("step", "task", "none")  # engine.stream.EngineConfig.eval_every
 ROWS_MODES = ("task", "step")  # engine.stream.EngineConfig.rows_every
 FUSED_MODES = ("auto", "off", "uncaptured")  # engine.stream.EngineConfig.fused_step
 STUDIO_FUSED_MODES = FUSED_MODES[:2]  # open --fused-step ("uncaptured" is for the tests)
+STUDIO_WORKERS = ("thread", "process")  # open --worker: where the models run (tui.process_player)
