@@ -28,6 +28,7 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ class ProcessPlayer(Player):
         self.send_lock = threading.Lock()  # the UI thread and the feed's worker thread both send
         self.reader: threading.Thread | None = None
         self.closing = False
+        # Start multiprocessing's resource tracker now, before the app runs: it passes sys.stderr's file
+        # descriptor on, and Textual's capture of stderr while it runs has none ("bad value(s) in fds_to_keep").
+        resource_tracker.ensure_running()
 
     # ---- the controls: changed here, then the same call in the child ------------------------------
     def _mirror(self, name: str, *args: Any) -> Any:
