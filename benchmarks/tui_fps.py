@@ -65,7 +65,7 @@ from pathlib import Path
 
 import torch
 
-from mclstudio.choices import STUDIO_FUSED_MODES, STUDIO_WORKERS
+from mclstudio.choices import STUDIO_DEFAULT_WORKER, STUDIO_FUSED_MODES, STUDIO_WORKERS
 from mclstudio.tui.cli import build_open_app
 from mclstudio.tui.headless import start_live, wait_until
 from mclstudio.tui.screens import LiveScreen
@@ -261,7 +261,7 @@ def main() -> None:
                              "default Python's 0.005): the model worker and the UI thread share one interpreter lock")
     parser.add_argument("--fused-step", default="auto", choices=STUDIO_FUSED_MODES,
                         help="the engine's fused step (CUDA graphs on a GPU, engine/graphs.py); off: op by op")
-    parser.add_argument("--worker", default="thread", choices=(*STUDIO_WORKERS, "both"),
+    parser.add_argument("--worker", default=STUDIO_DEFAULT_WORKER, choices=(*STUDIO_WORKERS, "both"),
                         help="open --worker: the models in a thread of the app or in a child process; both: "
                              "each setting with each, interleaved")
     args = parser.parse_args()

@@ -263,3 +263,19 @@ def test_a_bad_worker_is_refused(capsys, tmp_path: Path) -> None:
         build_open_app([MAMBA], device="cpu", record_dir=tmp_path, worker="fiber")
     code, _, err = run_cli(capsys, "open", MAMBA, "--worker", "fiber")
     one_line_error(code, err, "--worker", exit_code=2)
+
+
+def test_open_runs_the_models_in_a_process_by_default(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`open` without --worker asks for the process worker (the faster one on the CPU, README), and
+    build_open_app builds a ProcessPlayer for it."""
+    import mclstudio.tui.cli as tui_cli
+
+    asked: dict = {}
+    monkeypatch.setattr(tui_cli, "open_studio", lambda checkpoints, **kw: asked.update(kw))
+    code, _, err = run_cli(capsys, "open", MAMBA, "--record-dir", tmp_path)
+    assert code == 0 and asked["worker"] == "process", err
+    run_cli(capsys, "open", MAMBA, "--record-dir", tmp_path, "--worker", "thread")
+    assert asked["worker"] == "thread"
+    app = build_open_app([MAMBA], device="cpu", record_dir=tmp_path, worker="process")
+    assert type(app.player) is ProcessPlayer and app.player.process is None  # started with the first episode
+    assert type(build_open_app([MAMBA], device="cpu", record_dir=tmp_path).player) is Player

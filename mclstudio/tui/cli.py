@@ -23,7 +23,9 @@ def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omn
                    fused_step: str = "auto", worker: str = "thread") -> StudioApp:
     """Load the checkpoints (on the GPU when there is one), apply any adapters and check the default
     episode; the app. fused_step: "auto" (each learner's step a CUDA graph on a GPU) or "off" (op by op;
-    ``EngineConfig.fused_step``). worker: "thread" or "process" (the models in a child process)."""
+    ``EngineConfig.fused_step``). worker: "process" (the models in a child process: `open`'s default,
+    choices.STUDIO_DEFAULT_WORKER) or "thread"; the default here is "thread", which the tests, whose
+    monkeypatches a child process would not see, and the screenshots use."""
     if worker not in STUDIO_WORKERS:
         raise ValueError(f"worker must be one of {', '.join(STUDIO_WORKERS)}, not {worker!r}")
     dev = resolve_device(device)
