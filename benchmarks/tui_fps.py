@@ -42,8 +42,9 @@ and the episode ("episode E") of the example panel. Per second:
   often it looked; each capture is a subprocess, whose CPU is counted in poller_cores);
 - terminal_model_steps_per_s: how far the step counter advanced (episode * N + step), i.e. model steps
   the app made while its screen was a real terminal;
-- app_cores, tmux_cores, poller_cores, other_processes_cores: CPU of the app, of the tmux server, of this
-  benchmark and its capture-pane calls, and of everything else on the machine.
+- app_cores, app_children_cores, tmux_cores, poller_cores, other_processes_cores: CPU of the app, of its
+  child processes (``--worker process``: the model process), of the tmux server, of this benchmark and
+  its capture-pane calls, and of everything else on the machine.
 """
 
 from __future__ import annotations
@@ -94,6 +95,18 @@ def process_cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of process ``pid`` (``open --worker process``: its model process and multiprocessing's
+    resource tracker); Linux /proc, else none."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            pids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return pids
 
 
 def children_cpu_seconds() -> float:
@@ -149,6 +162,8 @@ def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tupl
         seen: set[tuple[int, int]] = set()
         t0, busy0, own0 = time.perf_counter(), *cpu_seconds()
         kids0, app0, server0 = children_cpu_seconds(), process_cpu_seconds(app_pid), process_cpu_seconds(server_pid)
+        app_children = child_pids(app_pid)
+        children0 = sum(process_cpu_seconds(c) for c in app_children)
         first = last = counter(screen())
         captures = 0
         while time.perf_counter() - t0 < seconds:
@@ -162,7 +177,7 @@ def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tupl
         busy1, own1 = cpu_seconds()
         kids = children_cpu_seconds() - kids0
         app_s, server_s = process_cpu_seconds(app_pid) - app0, process_cpu_seconds(server_pid) - server0
-        # (with --worker process the app's model process is among the other processes here)
+        children_s = sum(process_cpu_seconds(c) for c in app_children) - children0
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
     poller = (own1 - own0) + kids
@@ -175,9 +190,10 @@ def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tupl
         "terminal_model_steps_per_s": round((last[1] - first[1]) / dt, 1),
         "captures_per_s": round(captures / dt, 1),
         "app_cores": round(app_s / dt, 2),
+        "app_children_cores": round(children_s / dt, 2),
         "tmux_cores": round(server_s / dt, 2),
         "poller_cores": round(poller / dt, 2),
-        "other_processes_cores": round(max(0.0, (busy1 - busy0) - app_s - server_s - poller) / dt, 2),
+        "other_processes_cores": round(max(0.0, (busy1 - busy0) - app_s - children_s - server_s - poller) / dt, 2),
     }
 
 
@@ -243,7 +259,7 @@ async def measure(checkpoints: list[str], seconds: float, device: str = "auto", 
 SUMMARISED = ("new_data_screen_updates_per_s", "model_steps_per_s", "redraw_ticks_per_s", "ui_thread_cores",
               "this_process_cores", "model_process_cores", "other_processes_cores")
 SUMMARISED_TMUX = ("terminal_new_frames_per_s", "terminal_model_steps_per_s", "captures_per_s", "app_cores",
-                   "tmux_cores", "poller_cores", "other_processes_cores")
+                   "app_children_cores", "tmux_cores", "poller_cores", "other_processes_cores")
 
 
 def main() -> None:
