@@ -45,3 +45,9 @@ def full_disk_child(commands: Connection, events: Connection, worker_threads: in
 
     LiveFeed.write_episode = full_disk  # type: ignore[method-assign]
     child_main(commands, events, worker_threads)
+
+
+def garbling_child(commands: Connection, events: Connection, worker_threads: int) -> None:
+    """The first event the app gets is not one it knows how to read."""
+    events.send(("frame", "not a generation"))
+    child_main(commands, events, worker_threads)

@@ -29,7 +29,7 @@ from mclstudio.tui.player import Player
 from mclstudio.tui.process_player import ProcessPlayer
 
 from cli_helpers import one_line_error, run_cli
-from planted_child import dying_child, full_disk_child, raising_child
+from planted_child import dying_child, full_disk_child, garbling_child, raising_child
 
 ROOT = Path(__file__).resolve().parent.parent
 MAMBA = str(ROOT / "checkpoints" / "mamba.pt")
@@ -192,6 +192,26 @@ def test_a_model_process_that_dies_is_reported_and_started_again(tmp_path: Path)
         assert app.return_code == 0
 
     asyncio.run(go())
+
+
+def test_an_event_the_app_cannot_read_ends_the_model_process_with_a_notification(tmp_path: Path) -> None:
+    async def go() -> int:
+        app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,
+                             show_timing=False, worker="process")
+        app.player.target = garbling_child
+        async with app.run_test(size=SIZE) as pilot:
+            await start_live(pilot)
+            await wait_until(pilot, lambda: app.player.process is not None)  # (started by the feed's worker)
+            pid = app.player.process.pid
+            await wait_until(pilot, lambda: any(severity == "error" for severity, _ in notes(app)))
+            assert ("error", "the model process stopped (exit code -15): ValueError: not enough values to unpack "
+                    "(expected 5, got 2); open an episode to start it again") in notes(app), notes(app)
+            assert status(app).startswith("[b]paused") and gone(pid)
+            await pilot.press("q")
+        assert app.return_code == 0
+        return pid
+
+    assert reaped(asyncio.run(go()))
 
 
 def test_a_disk_error_in_the_model_process_stops_the_recording_not_the_stream(tmp_path: Path) -> None:

@@ -169,7 +169,9 @@ class ProcessPlayer(Player):
         self.reader.start()
 
     def _read(self, events: Connection, process: multiprocessing.process.BaseProcess) -> None:
-        """The reader thread: the child's events, as the thread worker's messages, until the child ends."""
+        """The reader thread: the child's events, as the thread worker's messages, until the child ends.
+        An event that cannot be read or handled ends the child: the app says so rather than wait on it."""
+        problem = ""
         try:
             while True:
                 try:
@@ -177,12 +179,15 @@ class ProcessPlayer(Player):
                 except (EOFError, OSError):
                     break
                 self._handle(event)
+        except Exception as exc:  # noqa: BLE001 - shown in the app, never a silent reader
+            problem = f": {one_line(exc)}"
+            process.terminate()
         finally:
             events.close()
         if not self.closing and self.process is process:  # it died under a running app: say so
             process.join(1.0)
             self.controls.playing = False
-            self._post(FeedFailed(f"the model process stopped (exit code {process.exitcode}); "
+            self._post(FeedFailed(f"the model process stopped (exit code {process.exitcode}){problem}; "
                                   "open an episode to start it again"))
 
     def _handle(self, event: tuple) -> None:
