@@ -108,6 +108,39 @@ def test_the_process_workers_frames_equal_the_thread_workers(one_thread: None) -
     assert rows_seen == 6  # both learners' rows at the three task ends
 
 
+def test_the_child_loads_the_apps_checkpoints_with_their_adapters_and_settings(tmp_path: Path) -> None:
+    """FeedRequest (what the child gets, pickled) rebuilds the app's learners: the same checkpoints, each
+    adapter on the same copy (here the second of two Mambas), the same device, precision and fused step; a
+    checkpoint replaced on disk since the app loaded it is refused."""
+    import pickle
+    import shutil
+
+    import torch
+
+    from mclstudio.store.adapters import load_learners
+    from mclstudio.store.checkpoint import CheckpointError
+    from mclstudio.tui.process_player import FeedRequest
+
+    adapter = str(ROOT / "checkpoints" / "adapters" / "mamba-omniglot-mini-noisy-r4.pt")
+    copy = tmp_path / "mamba.pt"
+    shutil.copyfile(MAMBA, copy)
+    spec = EpisodeSpec(tasks=3, train_shots=2, seed=1, num_codes=100)
+    apps = load_learners([TRANSFORMER, MAMBA, str(copy)], [adapter])
+    apps.append(apps.pop(1))  # [T, copy, M+A]: given in this order, load_learners would adapt the copy instead
+    feed = LiveFeed(apps, spec, "bf16", "off")
+    request = pickle.loads(pickle.dumps(FeedRequest.of(feed)))
+    assert (request.device, request.precision, request.fused_step, request.spec) == ("cpu", "bf16", "off", feed.spec)
+    child = request.load()
+    assert [c.name for c in child] == [c.name for c in apps]
+    for mine, theirs in zip(apps, child):
+        assert mine.adapter_sha256 == theirs.adapter_sha256
+        for (name, a), (_, b) in zip(mine.learner.state_dict().items(), theirs.learner.state_dict().items()):
+            assert torch.equal(a, b), name
+    shutil.copyfile(TRANSFORMER, copy)  # another file where the app's checkpoint was
+    with pytest.raises(CheckpointError, match="changed on disk since the studio loaded it"):
+        request.load()
+
+
 def test_the_app_with_a_model_process_steps_plays_records_and_reaps_it(tmp_path: Path) -> None:
     async def go() -> tuple[Path, int]:
         app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,

@@ -52,12 +52,12 @@ CLOSE_TIMEOUT_S = 5.0  # for the child to finish its step and exit before it is 
 @dataclass(frozen=True)
 class FeedRequest:
     """What the child needs to build the app's LiveFeed again: the checkpoints' paths (each with the
-    sha256 the app loaded, so a file changed since is refused), the adapters' paths (in checkpoint order:
-    ``load_learners`` gives each to the same checkpoint again), the device and the engine settings."""
+    sha256 the app loaded, so a file changed since is refused), each one's adapter path (None: none), the
+    device and the engine settings."""
 
     paths: tuple[str, ...]
     sha256: tuple[str, ...]
-    adapters: tuple[str, ...]
+    adapters: tuple[str | None, ...]
     adapter_sha256: tuple[str | None, ...]
     device: str
     spec: EpisodeSpec
@@ -68,13 +68,14 @@ class FeedRequest:
     def of(cls, feed: LiveFeed) -> FeedRequest:
         ckpts = feed.checkpoints
         return cls(tuple(str(c.path) for c in ckpts), tuple(c.sha256 for c in ckpts),
-                   tuple(str(c.adapter_path) for c in ckpts if c.adapter_path is not None),
+                   tuple(None if c.adapter_path is None else str(c.adapter_path) for c in ckpts),
                    tuple(c.adapter_sha256 for c in ckpts), str(learner_device(ckpts[0].learner)), feed.spec,
                    feed.config.precision, feed.config.fused_step)
 
     def load(self) -> list[Checkpoint]:
         """The checkpoints with their adapters, as the app loaded them (CheckpointError if a file changed)."""
-        checkpoints = load_learners(list(self.paths), list(self.adapters), device=self.device)
+        checkpoints = [load_learners([path], [] if adapter is None else [adapter], device=self.device)[0]
+                       for path, adapter in zip(self.paths, self.adapters)]  # each with its own adapter
         for c, sha, adapter_sha in zip(checkpoints, self.sha256, self.adapter_sha256):
             if c.sha256 != sha or c.adapter_sha256 != adapter_sha:
                 raise CheckpointError(f"{c.path} changed on disk since the studio loaded it; open it again")
