@@ -4,6 +4,7 @@ Prints JSON (and writes it with --out).
     python benchmarks/tui_fps.py --both --out benchmarks/results/tui_fps_cpu.json   # headless and in tmux
     python benchmarks/tui_fps.py --tmux                                              # a real terminal only
     python benchmarks/tui_fps.py --device cuda                                       # the models on a GPU
+    python benchmarks/tui_fps.py --worker both                                       # thread vs process worker
 
 Each setting (all the given checkpoints, then the first alone) runs --repeats times, interleaved; the
 summary holds the medians.
@@ -27,7 +28,8 @@ Counted where the screen is written (``App._display``, one call per screen updat
 - this_process_cores (of which ui_thread_cores on the UI thread, the rest on the model worker) and
   other_processes_cores: CPU used by the studio and by everything else on the machine during the run,
   in cores (the machine has "cpus"); figures are only comparable when the other processes' share is
-  near 0.
+  near 0. With ``--worker process`` (``open --worker process``: the models in a child process),
+  model_process_cores is that child's CPU, not counted in the other two.
 
 With --tmux the app runs for real (``mclstudio open ... --play``, then ``+ +`` to maximum speed) in a
 private tmux server, as a user would see it: Textual writes escape codes to a pseudo-terminal and tmux
@@ -40,14 +42,16 @@ and the episode ("episode E") of the example panel. Per second:
   often it looked; each capture is a subprocess, whose CPU is counted in poller_cores);
 - terminal_model_steps_per_s: how far the step counter advanced (episode * N + step), i.e. model steps
   the app made while its screen was a real terminal;
-- app_cores, tmux_cores, poller_cores, other_processes_cores: CPU of the app, of the tmux server, of this
-  benchmark and its capture-pane calls, and of everything else on the machine.
+- app_cores, app_children_cores, tmux_cores, poller_cores, other_processes_cores: CPU of the app, of its
+  child processes (``--worker process``: the model process), of the tmux server, of this benchmark and
+  its capture-pane calls, and of everything else on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -62,7 +66,7 @@ from pathlib import Path
 
 import torch
 
-from mclstudio.choices import STUDIO_FUSED_MODES
+from mclstudio.choices import STUDIO_DEFAULT_WORKER, STUDIO_FUSED_MODES, STUDIO_WORKERS
 from mclstudio.tui.cli import build_open_app
 from mclstudio.tui.headless import start_live, wait_until
 from mclstudio.tui.screens import LiveScreen
@@ -93,6 +97,18 @@ def process_cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def child_pids(pid: int) -> list[int]:
+    """The children of process ``pid`` (``open --worker process``: its model process and multiprocessing's
+    resource tracker); Linux /proc, else none."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            pids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
 def children_cpu_seconds() -> float:
     """CPU seconds of this process's finished children (the capture-pane calls)."""
     t = os.times()
@@ -105,7 +121,7 @@ EPISODE = re.compile(r"episode (\d+)")
 
 
 def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tuple[int, int] = (160, 50),
-                 fused_step: str = "auto") -> dict:
+                 fused_step: str = "auto", worker: str = "thread") -> dict:
     """The app in a private tmux server at ``size``, playing at maximum speed; the screen polled with
     capture-pane. See the module docstring for what is counted."""
     if shutil.which("tmux") is None:
@@ -113,7 +129,7 @@ def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tupl
     sock = f"mclstudio-fps-{os.getpid()}-{time.monotonic_ns()}"  # a private server per run: never the user's
     tmux = ["tmux", "-L", sock]
     command = " ".join([sys.executable, "-m", "mclstudio", "open", *checkpoints, "--play", "--device", device,
-                        "--record-dir", "/tmp", "--fused-step", fused_step])
+                        "--record-dir", "/tmp", "--fused-step", fused_step, "--worker", worker])
     env = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
     subprocess.run([*tmux, "-f", "/dev/null", "new-session", "-d", "-s", "fps", "-x", str(size[0]), "-y",
                     str(size[1]), f"cd {ROOT} && {command}"], check=True, env=env)
@@ -146,6 +162,8 @@ def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tupl
         seen: set[tuple[int, int]] = set()
         t0, busy0, own0 = time.perf_counter(), *cpu_seconds()
         kids0, app0, server0 = children_cpu_seconds(), process_cpu_seconds(app_pid), process_cpu_seconds(server_pid)
+        app_children = child_pids(app_pid)
+        children0 = sum(process_cpu_seconds(c) for c in app_children)
         first = last = counter(screen())
         captures = 0
         while time.perf_counter() - t0 < seconds:
@@ -159,6 +177,7 @@ def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tupl
         busy1, own1 = cpu_seconds()
         kids = children_cpu_seconds() - kids0
         app_s, server_s = process_cpu_seconds(app_pid) - app0, process_cpu_seconds(server_pid) - server0
+        children_s = sum(process_cpu_seconds(c) for c in app_children) - children0
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
     poller = (own1 - own0) + kids
@@ -171,14 +190,16 @@ def measure_tmux(checkpoints: list[str], seconds: float, device: str, size: tupl
         "terminal_model_steps_per_s": round((last[1] - first[1]) / dt, 1),
         "captures_per_s": round(captures / dt, 1),
         "app_cores": round(app_s / dt, 2),
+        "app_children_cores": round(children_s / dt, 2),
         "tmux_cores": round(server_s / dt, 2),
         "poller_cores": round(poller / dt, 2),
-        "other_processes_cores": round(max(0.0, (busy1 - busy0) - app_s - server_s - poller) / dt, 2),
+        "other_processes_cores": round(max(0.0, (busy1 - busy0) - app_s - children_s - server_s - poller) / dt, 2),
     }
 
 
-async def measure(checkpoints: list[str], seconds: float, device: str = "auto", fused_step: str = "auto") -> dict:
-    app = build_open_app(checkpoints, device=device, record_dir="/tmp", fused_step=fused_step)
+async def measure(checkpoints: list[str], seconds: float, device: str = "auto", fused_step: str = "auto",
+                  worker: str = "thread") -> dict:
+    app = build_open_app(checkpoints, device=device, record_dir="/tmp", fused_step=fused_step, worker=worker)
     stamps: list[float] = []
     shown: list[tuple | None] = []  # per screen update of the live view: the frame it showed
     live = app.live  # the live screen: its redraw timer and counters
@@ -202,18 +223,21 @@ async def measure(checkpoints: list[str], seconds: float, device: str = "auto", 
             await pilot.press("plus")  # to max speed
         await pilot.press("space")
         await wait_until(pilot, lambda: app.frames_received >= 2)  # warm-up: first steps initialise lazily
+        child = getattr(app.player, "process", None)  # --worker process: the model process
+        child_cpu = (lambda: process_cpu_seconds(child.pid)) if child is not None else (lambda: 0.0)
         t0, ticks0, drawn0, got0 = time.perf_counter(), live.ticks, live.frames_drawn, live.frames_received
-        busy0, own0, ui0 = *cpu_seconds(), time.thread_time()  # this coroutine runs on the UI thread
+        busy0, own0, ui0, child0 = *cpu_seconds(), time.thread_time(), child_cpu()  # (on the UI thread)
         first, first_shown = len(stamps), len(shown)
         while time.perf_counter() - t0 < seconds:
             await asyncio.sleep(0.25)
         dt = time.perf_counter() - t0
-        busy1, own1, ui1 = *cpu_seconds(), time.thread_time()
+        busy1, own1, ui1, child1 = *cpu_seconds(), time.thread_time(), child_cpu()
         updates = shown[first_shown:]
         new_data = sum(1 for prev, cur in zip(shown[first_shown - 1:], updates) if cur is not None and cur != prev)
         gaps = sorted(1e3 * (b - a) for a, b in zip(stamps[first:], stamps[first + 1:]))
         result = {
             "checkpoints": [Path(c).name for c in checkpoints],
+            "worker": worker,
             "seconds": round(dt, 2),
             "new_data_screen_updates_per_s": round(new_data / dt, 1),
             "screen_updates_per_s": round(len(updates) / dt, 1),
@@ -225,16 +249,17 @@ async def measure(checkpoints: list[str], seconds: float, device: str = "auto", 
             "worker_torch_threads": app.player.worker_threads,
             "this_process_cores": round((own1 - own0) / dt, 2),
             "ui_thread_cores": round((ui1 - ui0) / dt, 2),
-            "other_processes_cores": round(max(0.0, (busy1 - busy0) - (own1 - own0)) / dt, 2),
+            "model_process_cores": round((child1 - child0) / dt, 2),
+            "other_processes_cores": round(max(0.0, (busy1 - busy0) - (own1 - own0) - (child1 - child0)) / dt, 2),
         }
         await pilot.press("q")
     return result
 
 
 SUMMARISED = ("new_data_screen_updates_per_s", "model_steps_per_s", "redraw_ticks_per_s", "ui_thread_cores",
-              "other_processes_cores")
+              "this_process_cores", "model_process_cores", "other_processes_cores")
 SUMMARISED_TMUX = ("terminal_new_frames_per_s", "terminal_model_steps_per_s", "captures_per_s", "app_cores",
-                   "tmux_cores", "poller_cores", "other_processes_cores")
+                   "app_children_cores", "tmux_cores", "poller_cores", "other_processes_cores")
 
 
 def main() -> None:
@@ -252,26 +277,31 @@ def main() -> None:
                              "default Python's 0.005): the model worker and the UI thread share one interpreter lock")
     parser.add_argument("--fused-step", default="auto", choices=STUDIO_FUSED_MODES,
                         help="the engine's fused step (CUDA graphs on a GPU, engine/graphs.py); off: op by op")
+    parser.add_argument("--worker", default=STUDIO_DEFAULT_WORKER, choices=(*STUDIO_WORKERS, "both"),
+                        help="open --worker: the models in a thread of the app or in a child process; both: "
+                             "each setting with each, interleaved")
     args = parser.parse_args()
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     settings = [args.checkpoints] + ([args.checkpoints[:1]] if len(args.checkpoints) > 1 else [])  # + Mamba alone
     modes = ["headless", "tmux"] if args.both else ["tmux"] if args.tmux else ["headless"]
+    workers = list(STUDIO_WORKERS) if args.worker == "both" else [args.worker]
     runs, summary = [], []
     for _ in range(args.repeats):  # settings interleaved, so a change in the machine's load hits all alike
         for mode in modes:
             for checkpoints in settings:
-                result = (measure_tmux(checkpoints, args.seconds, args.device, fused_step=args.fused_step)
-                          if mode == "tmux" else asyncio.run(measure(checkpoints, args.seconds, args.device,
-                                                                     args.fused_step)))
-                runs.append({"mode": mode, **result})
-    for mode in modes:
-        for checkpoints in settings:
-            names = [Path(c).name for c in checkpoints]
-            mine = [r for r in runs if r["checkpoints"] == names and r["mode"] == mode]
-            summary.append({"mode": mode, "checkpoints": names, "runs": len(mine),
-                            **{f"median_{key}": statistics.median(r[key] for r in mine)
-                               for key in (SUMMARISED_TMUX if mode == "tmux" else SUMMARISED)}})
+                for worker in workers:
+                    result = (measure_tmux(checkpoints, args.seconds, args.device, fused_step=args.fused_step,
+                                           worker=worker)
+                              if mode == "tmux" else asyncio.run(measure(checkpoints, args.seconds, args.device,
+                                                                         args.fused_step, worker)))
+                    runs.append({"mode": mode, "worker": worker, **result})
+    for mode, checkpoints, worker in itertools.product(modes, settings, workers):
+        names = [Path(c).name for c in checkpoints]
+        mine = [r for r in runs if r["checkpoints"] == names and r["mode"] == mode and r["worker"] == worker]
+        summary.append({"mode": mode, "worker": worker, "checkpoints": names, "runs": len(mine),
+                        **{f"median_{key}": statistics.median(r[key] for r in mine)
+                           for key in (SUMMARISED_TMUX if mode == "tmux" else SUMMARISED)}})
     from mclstudio.store.device import resolve_device
 
     out = {

@@ -15,3 +15,7 @@ EVAL_MODES = ("step", "task", "none")  # engine.stream.EngineConfig.eval_every
 ROWS_MODES = ("task", "step")  # engine.stream.EngineConfig.rows_every
 FUSED_MODES = ("auto", "off", "uncaptured")  # engine.stream.EngineConfig.fused_step
 STUDIO_FUSED_MODES = FUSED_MODES[:2]  # open --fused-step ("uncaptured" is for the tests)
+STUDIO_WORKERS = ("thread", "process")  # open --worker: where the models run (tui.process_player)
+# open's default: on the 2-core CPU the process made 30.2 model steps/s with five learners against the thread's
+# 19.4, and 77.5 against 57.5 with Mamba alone (benchmarks/results/tui_fps_cpu_worker_process.json).
+STUDIO_DEFAULT_WORKER = "process"

@@ -1,5 +1,6 @@
 """End to end: `mclstudio open checkpoints/mamba.pt` in a real terminal (tmux), Enter on the picker,
-three single steps, the screen read back with capture-pane, then q. .ci/run installs tmux."""
+three single steps, the screen read back with capture-pane, then q; with the models in a thread of the app
+and in a child process (--worker). .ci/run installs tmux."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ pytestmark = [
 ]
 
 
-def test_open_mamba_in_tmux(tmp_path: Path) -> None:
-    sock = f"mclstudio-test-{os.getpid()}"  # a private tmux server: never touches the user's sessions
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_open_mamba_in_tmux(tmp_path: Path, worker: str) -> None:
+    sock = f"mclstudio-test-{os.getpid()}-{worker}"  # a private tmux server: never touches the user's sessions
     tmux = ["tmux", "-L", sock]
-    command = f"cd {ROOT} && {sys.executable} -m mclstudio open checkpoints/mamba.pt --record-dir {tmp_path}"
+    command = (f"cd {ROOT} && {sys.executable} -m mclstudio open checkpoints/mamba.pt --record-dir {tmp_path} "
+               f"--worker {worker}")
     env = {**os.environ, "TERM": "xterm-256color"}
     subprocess.run([*tmux, "-f", "/dev/null", "new-session", "-d", "-s", "studio", "-x", "160", "-y", "50",
                     command], check=True, env=env)

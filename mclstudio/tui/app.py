@@ -25,7 +25,8 @@ from mclstudio.store.device import learner_device
 from mclstudio.tui.exports import episode_json, one_line, unwritable_folder, write_export
 from mclstudio.tui.messages import EpisodeRequested
 from mclstudio.tui.palette import StudioCommands
-from mclstudio.tui.player import Controls, Player
+from mclstudio.tui.player import Controls
+from mclstudio.tui.process_player import make_player
 from mclstudio.tui.screens import HelpScreen, LiveScreen, PickerScreen
 
 
@@ -62,6 +63,7 @@ class StudioApp(App):
         autostart: bool = False,
         precision: str = "fp32",
         fused_step: str = "auto",
+        worker: str = "thread",
     ) -> None:
         super().__init__()
         self.checkpoints = checkpoints or []
@@ -72,7 +74,7 @@ class StudioApp(App):
         self.autostart = autostart
         self.feed: LiveFeed | ReplayFeed | None = replay
         self.learner_names: list[str] = list(replay.names) if replay else []
-        self.player = Player()
+        self.player = make_player(worker)  # open --worker: the models in a thread or a child process
         self.live = LiveScreen(self.player, self.record_dir, show_timing)
         self._switch_interval_before: float | None = None
 
@@ -96,6 +98,7 @@ class StudioApp(App):
             self.push_screen(self._picker())
 
     def on_unmount(self) -> None:
+        self.player.close()  # a model process is stopped and reaped with the app
         if self._switch_interval_before is not None:  # the process goes on after the app (tests, benchmarks)
             sys.setswitchinterval(self._switch_interval_before)
 

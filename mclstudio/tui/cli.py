@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mclstudio.choices import STUDIO_WORKERS
 from mclstudio.data.episodes import EpisodeSpec, parse_shots
 from mclstudio.precision import check_precision
 from mclstudio.recording.hdf5 import read_recording
@@ -19,10 +20,14 @@ def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omn
                    tasks: int = 20, shots: int | str = 5, seed: int = 0, noise: float = 0.0, device: str = "auto",
                    record_dir: str | Path = ".", play: bool = False, show_timing: bool = True,
                    precision: str = "fp32", adapters: tuple[str, ...] | list[str] = (),
-                   fused_step: str = "auto") -> StudioApp:
+                   fused_step: str = "auto", worker: str = "thread") -> StudioApp:
     """Load the checkpoints (on the GPU when there is one), apply any adapters and check the default
     episode; the app. fused_step: "auto" (each learner's step a CUDA graph on a GPU) or "off" (op by op;
-    ``EngineConfig.fused_step``)."""
+    ``EngineConfig.fused_step``). worker: "process" (the models in a child process: `open`'s default,
+    choices.STUDIO_DEFAULT_WORKER) or "thread"; the default here is "thread", which the tests, whose
+    monkeypatches a child process would not see, and the screenshots use."""
+    if worker not in STUDIO_WORKERS:
+        raise ValueError(f"worker must be one of {', '.join(STUDIO_WORKERS)}, not {worker!r}")
     dev = resolve_device(device)
     check_precision(precision, dev)
     loaded = load_learners(checkpoints, adapters, device=dev)
@@ -33,7 +38,7 @@ def build_open_app(checkpoints: tuple[str, ...] | list[str], dataset: str = "omn
     if not Path(record_dir).is_dir():
         raise ValueError(f"record folder not found: {record_dir}")
     return StudioApp(loaded, spec=spec, record_dir=record_dir, autostart=play, show_timing=show_timing,
-                     precision=precision, fused_step=fused_step)
+                     precision=precision, fused_step=fused_step, worker=worker)
 
 
 def build_replay_app(recording: str | Path, show_timing: bool = True) -> StudioApp:

@@ -4,7 +4,9 @@ thread runs.
 Threading. The worker thread does all model work (``feed.frames()``) and hands each frame to the UI with
 a thread-safe ``post`` (the live screen's ``post_message``). The UI thread only changes the controls,
 plain attributes the worker reads, and wakes the worker through a threading.Event; the step counter,
-changed on both sides, is guarded by a lock.
+changed on both sides, is guarded by a lock. ``open --worker process`` runs the same loop (``run``) in a
+child process instead (process_player.py), so that the models and the UI do not share one interpreter
+lock.
 """
 
 from __future__ import annotations
@@ -104,6 +106,16 @@ class Player:
         """Pull frames at the requested pace and ``post`` them; write finished episodes when recording.
         Runs in a Textual thread worker, until it is cancelled or the feed ends or fails."""
         worker = get_current_worker()
+        self.run(feed, generation, post, lambda: worker.is_cancelled)
+
+    def close(self) -> None:
+        """Stop the model work for good (the app quits): nothing to do for a thread, whose loop stops
+        when its worker is cancelled."""
+
+    def run(self, feed: LiveFeed | ReplayFeed, generation: int, post: Callable[[Message], object],
+            cancelled: Callable[[], bool]) -> None:
+        """The streaming/recording loop of ``stream``, until ``cancelled()`` or the feed ends or fails; the
+        model process of ``open --worker process`` runs it too."""
         # Leave a core to the UI thread: torch's thread count is per thread (OpenMP), so this limits only
         # the model work. On 2 cores, a second torch thread fought the UI for its core and was slower.
         torch.set_num_threads(self.worker_threads)
@@ -111,7 +123,7 @@ class Player:
         writer: RecordingWriter | None = None
         try:
             frames = feed.frames()
-            while not worker.is_cancelled:
+            while not cancelled():
                 if not c.playing and c.steps <= 0:
                     self.wake.wait(0.05)
                     self.wake.clear()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mclstudio.choices import STUDIO_FUSED_MODES
+from mclstudio.choices import STUDIO_DEFAULT_WORKER, STUDIO_FUSED_MODES, STUDIO_WORKERS
 from mclstudio.cli.options import adapter_option, device_and_precision_options, episode_options
 
 
@@ -20,9 +20,12 @@ from mclstudio.cli.options import adapter_option, device_and_precision_options, 
 @adapter_option
 @click.option("--fused-step", type=click.Choice(STUDIO_FUSED_MODES), default="auto", show_default=True,
               help="auto: on a GPU each learner's step and queries run as one captured CUDA graph; off: op by op.")
+@click.option("--worker", type=click.Choice(STUDIO_WORKERS), default=STUDIO_DEFAULT_WORKER, show_default=True,
+              help="Where the models run: a child process (the UI and the models do not share one interpreter "
+                   "lock), or a thread of the app.")
 def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: int, shots: str, seed: int,
                  noise: float, device: str, precision: str, record_dir: str, play: bool, adapters: tuple[str, ...],
-                 fused_step: str) -> None:
+                 fused_step: str, worker: str) -> None:
     """Open the live studio (a Textual app) on one or more checkpoints."""
     from mclstudio.files import check_output
 
@@ -35,5 +38,5 @@ def open_command(checkpoints: tuple[str, ...], dataset: str, split: str, tasks: 
 
     open_studio(checkpoints, dataset=dataset, split=split, tasks=tasks, shots=shots, seed=seed, noise=noise,
                 device=device, record_dir=record_dir, play=play, precision=precision, adapters=adapters,
-                fused_step=fused_step)
+                fused_step=fused_step, worker=worker)
 
