@@ -16,6 +16,8 @@ from mclstudio.tui.cli import build_open_app
 from mclstudio.recording.playback import LiveFeed
 from mclstudio.tui.headless import settle, start_live, wait_until
 
+from tui_helpers import notes, record_onto_a_full_disk, status
+
 ROOT = Path(__file__).resolve().parent.parent
 MAMBA = str(ROOT / "checkpoints" / "mamba.pt")
 pytestmark = pytest.mark.timeout(120)
@@ -39,14 +41,6 @@ def app_for(record_dir: Path) -> StudioApp:
     # build_open_app checks only that the folder exists: writability is checked where the app writes
     return build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=record_dir,
                           show_timing=False)
-
-
-def notes(app: StudioApp) -> list[tuple[str, str]]:
-    return [(n.severity, n.message) for n in app._notifications]
-
-
-def status(app: StudioApp) -> str:
-    return str(app.screen.query_one("#status").content)
 
 
 def test_exports_into_an_unwritable_folder_notify_and_keep_running(unwritable: Path) -> None:
@@ -103,17 +97,7 @@ def test_a_disk_error_while_recording_stops_the_recording_not_the_stream(tmp_pat
     async def go() -> None:
         app = app_for(tmp_path)
         async with app.run_test(size=(160, 50)) as pilot:
-            await start_live(pilot)
-            await pilot.press("r")
-            assert "REC" in status(app)
-            await pilot.press("plus", "plus", "plus", "space")  # the episode ends at step 6: the write fails
-            await wait_until(pilot, lambda: app.frames_received >= 9)  # and the next episode streams on
-            await pilot.press("space")
-            await wait_until(pilot, lambda: "REC" not in status(app))
-            assert "recording failed" in status(app)
-            assert ("error", "recording stopped: OSError: [Errno 28] No space left on device (nothing written)") \
-                in notes(app)
-            await pilot.press("q")
+            await record_onto_a_full_disk(app, pilot)
         assert app.return_code == 0
 
     asyncio.run(go())

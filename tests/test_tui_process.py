@@ -29,6 +29,7 @@ from mclstudio.tui.player import Player
 from mclstudio.tui.process_player import ProcessPlayer
 
 from cli_helpers import one_line_error, run_cli
+from tui_helpers import notes, record_onto_a_full_disk, status
 from planted_child import dying_child, full_disk_child, garbling_child, raising_child
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,13 +55,15 @@ def reaped(pid: int) -> bool:
     return False
 
 
-def status(app: StudioApp) -> str:
-    return str(app.screen.query_one("#status").content)
 
-
-def notes(app: StudioApp) -> list[tuple[str, str]]:
-    return [(n.severity, n.message) for n in app._notifications]
-
+def process_app(tmp_path: Path, child=None) -> StudioApp:
+    """The studio on Mamba, 3 tasks x 2 shots, with the process worker; child: a planted child's main
+    (tests/planted_child.py) instead of the real one."""
+    app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,
+                         show_timing=False, worker="process")
+    if child is not None:
+        app.player.target = child
+    return app
 
 def test_the_process_workers_frames_equal_the_thread_workers(one_thread: None) -> None:
     """One episode (3 tasks x 2 shots) of Mamba and the Transformer, streamed by each worker: the same
@@ -143,8 +146,7 @@ def test_the_child_loads_the_apps_checkpoints_with_their_adapters_and_settings(t
 
 def test_the_app_with_a_model_process_steps_plays_records_and_reaps_it(tmp_path: Path) -> None:
     async def go() -> tuple[Path, int]:
-        app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,
-                             show_timing=False, worker="process")
+        app = process_app(tmp_path)
         async with app.run_test(size=SIZE) as pilot:
             await start_live(pilot)
             await pilot.press("n", "right")
@@ -187,9 +189,7 @@ def test_the_app_with_a_model_process_steps_plays_records_and_reaps_it(tmp_path:
 
 def test_an_error_in_the_model_process_is_a_notification_and_a_paused_status(tmp_path: Path) -> None:
     async def go() -> int:
-        app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,
-                             show_timing=False, worker="process")
-        app.player.target = raising_child
+        app = process_app(tmp_path, raising_child)
         async with app.run_test(size=SIZE) as pilot:
             await start_live(pilot)
             await pilot.press("space")
@@ -207,9 +207,7 @@ def test_an_error_in_the_model_process_is_a_notification_and_a_paused_status(tmp
 
 def test_a_model_process_that_dies_is_reported_and_started_again(tmp_path: Path) -> None:
     async def go() -> None:
-        app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,
-                             show_timing=False, worker="process")
-        app.player.target = dying_child
+        app = process_app(tmp_path, dying_child)
         async with app.run_test(size=SIZE) as pilot:
             await start_live(pilot)
             await pilot.press("space")
@@ -229,9 +227,7 @@ def test_a_model_process_that_dies_is_reported_and_started_again(tmp_path: Path)
 
 def test_an_event_the_app_cannot_read_ends_the_model_process_with_a_notification(tmp_path: Path) -> None:
     async def go() -> int:
-        app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,
-                             show_timing=False, worker="process")
-        app.player.target = garbling_child
+        app = process_app(tmp_path, garbling_child)
         async with app.run_test(size=SIZE) as pilot:
             await start_live(pilot)
             await wait_until(pilot, lambda: app.player.process is not None)  # (started by the feed's worker)
@@ -249,21 +245,9 @@ def test_an_event_the_app_cannot_read_ends_the_model_process_with_a_notification
 
 def test_a_disk_error_in_the_model_process_stops_the_recording_not_the_stream(tmp_path: Path) -> None:
     async def go() -> None:
-        app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,
-                             show_timing=False, worker="process")
-        app.player.target = full_disk_child
+        app = process_app(tmp_path, full_disk_child)
         async with app.run_test(size=SIZE) as pilot:
-            await start_live(pilot)
-            await pilot.press("r")
-            assert "REC" in status(app)
-            await pilot.press("plus", "plus", "plus", "space")  # the episode ends at step 6: the write fails
-            await wait_until(pilot, lambda: app.frames_received >= 9)  # and the next episode streams on
-            await pilot.press("space")
-            await wait_until(pilot, lambda: "REC" not in status(app))
-            assert "recording failed" in status(app) and app.controls.recording_to is None
-            assert ("error", "recording stopped: OSError: [Errno 28] No space left on device (nothing written)") \
-                in notes(app)
-            await pilot.press("q")
+            await record_onto_a_full_disk(app, pilot)
         assert app.return_code == 0
 
     asyncio.run(go())
