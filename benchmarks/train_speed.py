@@ -198,9 +198,10 @@ def profile(setup: Setup, batch: int, top: int = 15, sequence_model_only: bool =
 
 
 def compiled_encoder_error(setup: Setup) -> dict[str, float]:
-    """Compile the encoder's training pass (as ``train`` does on CUDA) and check it on one batch of
-    episode images against the modules under the same bf16 autocast: the largest difference of the
-    embeddings and of each parameter's gradient, relative to the largest value."""
+    """Compile the learner's training pass (``Learner.compile_training``, as ``train`` does on CUDA) and
+    check its encoder on one batch of episode images against the modules under the same bf16 autocast:
+    the largest difference of the embeddings and of each parameter's gradient, relative to the largest
+    value."""
     encoder = setup.learner.embedding.x_encoder
     images = setup.sample(0, 8).stream_x.flatten(0, 1)
 
@@ -211,7 +212,7 @@ def compiled_encoder_error(setup: Setup) -> dict[str, float]:
         return out.detach(), list(torch.autograd.grad((out * weights).sum(), list(encoder.parameters())))
 
     expected, expected_grads = run()
-    encoder.compile_training()
+    setup.learner.compile_training()
     got, got_grads = run()
     relative = lambda a, b: float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))  # noqa: E731
     return {"embeddings": relative(got, expected), "gradients": max(relative(g, e) for g, e in zip(got_grads, expected_grads))}
@@ -225,8 +226,7 @@ def bench(model: str, size: str, args: argparse.Namespace, device: torch.device,
     setup = Setup(model, size, device, source)
     result: dict = {"parameters": setup.learner.num_parameters(), "config": SIZES[size][model]}
     if args.compile and device.type == "cuda":
-        result["compiled_encoder_error"] = compiled_encoder_error(setup)
-        setup.learner.compile_training()
+        result["compiled_encoder_error"] = compiled_encoder_error(setup)  # compiles the training pass too
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:

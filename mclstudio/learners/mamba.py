@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from mclstudio.learners.hidden_attention import normalised_rows
 from mclstudio.learners.kernels.mamba_read import fused_read_supported, mamba_read
-from mclstudio.learners.kernels.hidden_rows import fused_rows_supported, mamba_rows
+from mclstudio.learners.kernels import fused_states_supported
+from mclstudio.learners.kernels.hidden_rows import mamba_rows
 from mclstudio.learners.kernels.query_recall import fused_recall_supported, mamba_recall
 from mclstudio.learners.scan import ScanBackend, Transition, mamba_transition, read_output, selective_scan
 from mclstudio.learners.ssm import SelectiveMixer, SSMConfig, SSMLearner
@@ -60,7 +61,7 @@ class MambaMixer(SelectiveMixer):
         """On CUDA, the rows by ``kernels.hidden_rows`` with Mamba's keys and the queries' weights made
         from (L, d), (Q, d) and (., N) inputs (the generic fused rows first form the (B, L, d_inner, N)
         log-decay)."""
-        if C.is_cuda and fused_rows_supported(C.shape[-1]):
+        if C.is_cuda and fused_states_supported(C.shape[-1]):
             stream_dt, B = history
             return normalised_rows(mamba_rows(self._delta(dt), C, self._delta(stream_dt), B, self.A))
         return super().association_rows(history, dt, C, query_move)

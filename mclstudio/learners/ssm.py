@@ -30,7 +30,8 @@ from torch.utils.checkpoint import checkpoint
 
 from mclstudio.learners.base import Learner, LearnerConfig, State
 from mclstudio.learners.hidden_attention import normalised_rows, query_rows, stream_keys
-from mclstudio.learners.kernels.hidden_rows import fused_rows_supported, transition_rows
+from mclstudio.learners.kernels import fused_states_supported
+from mclstudio.learners.kernels.hidden_rows import transition_rows
 from mclstudio.learners.kernels.conv_token import conv_token, fused_conv_token_supported
 from mclstudio.learners.scan import ScanBackend, Transition, diagonal_read, diagonal_scan, diagonal_step, query_weights
 
@@ -241,7 +242,7 @@ class SelectiveMixer(nn.Module):
         query_move() their Transition) over the stream whose (dt, B) are history. Under autograd the
         (B, L, d_inner, N) keys are recomputed in the backward pass rather than stored: they are the
         largest tensor of a training step."""
-        if C.is_cuda and fused_rows_supported(C.shape[-1]):  # keys and weights made by a kernel
+        if C.is_cuda and fused_states_supported(C.shape[-1]):  # keys and weights made by a kernel
             return normalised_rows(transition_rows(query_move(), C, self.transition(*history)))
         G = query_weights(C, query_move().log_decay)
 

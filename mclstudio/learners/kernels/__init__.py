@@ -24,6 +24,16 @@ def power_of_2(k: int) -> bool:
     return k > 0 and k & (k - 1) == 0
 
 
+# The training kernels (hidden_rows, query_recall) hold a (rows x channels x N) tile of state entries.
+MAX_STATES = 64
+
+
+def fused_states_supported(N: int) -> bool:
+    """Whether the training kernels take N state entries per channel: kernels on, N a power of 2 of at
+    most MAX_STATES."""
+    return fused_kernels_enabled() and power_of_2(N) and N <= MAX_STATES
+
+
 def fused_kernels_enabled() -> bool:
     """Whether the learners may use the fused kernels (Triton imports and ``fused_kernels`` allows it)."""
     return triton is not None and _enabled
@@ -41,4 +51,5 @@ def fused_kernels(enabled: bool) -> Iterator[None]:
         _enabled = before
 
 
-__all__ = ["TRITON_IMPORT_ERROR", "fused_kernels", "fused_kernels_enabled", "power_of_2", "triton"]
+__all__ = ["MAX_STATES", "TRITON_IMPORT_ERROR", "fused_kernels", "fused_kernels_enabled", "fused_states_supported",
+           "power_of_2", "triton"]

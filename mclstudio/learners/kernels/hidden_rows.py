@@ -38,7 +38,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from mclstudio.learners.kernels import fused_kernels_enabled, power_of_2, triton
+from mclstudio.learners.kernels import triton
 from mclstudio.learners.scan import Transition
 
 if triton is not None:
@@ -116,13 +116,6 @@ if triton is not None:
 
 # Tiles of 32 tokens x 16 channels x N states (benchmarks/rows_sweep.py).
 BLOCK_L, BLOCK_D = 32, 16
-MAX_STATES = 64  # a tile holds BLOCK_L * BLOCK_D * N floats
-
-
-def fused_rows_supported(N: int) -> bool:
-    """Whether the kernels take N state entries per channel: kernels on, N a power of 2 of at most
-    MAX_STATES."""
-    return fused_kernels_enabled() and power_of_2(N) and N <= MAX_STATES
 
 
 @contextmanager

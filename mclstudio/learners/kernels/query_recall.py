@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mclstudio.learners.kernels import fused_kernels_enabled, power_of_2, triton
+from mclstudio.learners.kernels import fused_states_supported, triton
 
 if triton is not None:
     import triton.language as tl
@@ -102,14 +102,12 @@ if triton is not None:
 
 
 BLOCK_Q, BLOCK_D = 16, 16
-MAX_STATES = 64  # a tile holds BLOCK_Q * BLOCK_D * N floats
 
 
 def fused_recall_supported(h: Tensor) -> bool:
-    """Whether ``mamba_recall`` takes the state h (B, d_inner, N) or (B, Q, d_inner, N): kernels on, N a
-    power of 2 of at most MAX_STATES."""
-    N = h.shape[-1]
-    return fused_kernels_enabled() and h.dim() in (3, 4) and power_of_2(N) and N <= MAX_STATES
+    """Whether ``mamba_recall`` takes the state h (B, d_inner, N) or (B, Q, d_inner, N)
+    (``kernels.fused_states_supported`` for N)."""
+    return h.dim() in (3, 4) and fused_states_supported(h.shape[-1])
 
 
 class MambaRecall(torch.autograd.Function):
