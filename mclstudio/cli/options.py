@@ -74,8 +74,9 @@ class Number(click.ParamType):
     ("must be at least 1, not 0"). click's FloatRange would let nan and inf through."""
 
     def __init__(self, integer: bool, minimum: float | None = None, above: bool = False,
-                 below: float | None = None) -> None:
+                 below: float | None = None, maximum: float | None = None) -> None:
         self.integer, self.minimum, self.above, self.below = integer, minimum, above, below
+        self.maximum = maximum
         self.name = "integer" if integer else "number"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
@@ -93,6 +94,8 @@ class Number(click.ParamType):
             self.fail(f"must be {bound}, not {value}", param, ctx)
         if self.below is not None and number >= self.below:
             self.fail(f"must be below {self.below:g}, not {value}", param, ctx)
+        if self.maximum is not None and number > self.maximum:
+            self.fail(f"must be at most {self.maximum:g}, not {value}", param, ctx)
         return number
 
 
@@ -101,6 +104,7 @@ NON_NEGATIVE = Number(integer=True, minimum=0)  # seeds, warm-up steps, "0 = off
 RATE = Number(integer=False, minimum=0, above=True)  # learning rates, scales
 AMOUNT = Number(integer=False, minimum=0)  # noise stds, loss weights, minutes
 PROBABILITY = Number(integer=False, minimum=0, below=1)  # dropout
+SHARE = Number(integer=False, minimum=0, maximum=1)  # a share of episodes, 0 to 1 inclusive
 
 force_option = click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 

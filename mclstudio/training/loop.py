@@ -28,6 +28,7 @@ from mclstudio.precision import autocast, check_precision
 from mclstudio.transfer import to_device
 from mclstudio.training.interrupt import stop_requested
 from mclstudio.training.losses import selectivity_kl, task_loss
+from mclstudio.training.rotation import rotate
 
 # fp16's loss scaler skips the optimizer step when a gradient overflowed (the first steps, while it finds
 # its scale); torch then warns that the schedule stepped without the optimizer. Expected: not the user's concern.
@@ -90,15 +91,19 @@ def meta_train_step(
     step: int = 0,
     query_end: torch.Tensor | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    rotation: torch.Tensor | None = None,
 ) -> StepStats:
     """One step on a batch of episodes: CE (or MSE) on the queries + slct_lambda * l_slct, backward, clip
     ``params``' gradient norm, optimizer and schedule step. ``precision``: fp32, or bf16 / fp16 autocast
     (mclstudio.precision) on the episode's device. ``table`` (P, d_model): look the inputs up as
     already-embedded samples (a frozen encoder's pool) instead of running the encoder. ``query_end`` (Q,):
     the pairs each query sees (the anytime objective, ``anytime.sample_query_end``); None: all.
-    ``scaler``: fp16's loss scaling (an fp16 gradient would underflow without it)."""
+    ``scaler``: fp16's loss scaling (an fp16 gradient would underflow without it). ``rotation`` (B, D, D):
+    with a table, each episode's looked-up embeddings are multiplied by its rotation (``rotation.py``)."""
     if table is not None:
         stream_x, query_x = table[ep.stream_sample_ids()], table[ep.test_sample_ids.flatten(1)]
+        if rotation is not None:
+            stream_x, query_x = rotate(stream_x, rotation), rotate(query_x, rotation)
     else:
         stream_x, query_x = ep.stream_x, ep.query_x
     with autocast(precision, stream_x.device):
@@ -232,12 +237,14 @@ class LogWindow:
 
 
 class Batch(NamedTuple):
-    """One step's input: the episodes, the frozen encoder's table (or None) and the anytime query ends
-    (or None); what ``meta_train_step`` takes besides the optimizer."""
+    """One step's input: the episodes, the frozen encoder's table (or None), the anytime query ends
+    (or None) and the episodes' embedding rotations (or None); what ``meta_train_step`` takes besides the
+    optimizer."""
 
     episodes: Episode
     table: Tensor | None = None
     query_end: Tensor | None = None
+    rotation: Tensor | None = None
 
 
 @dataclass
@@ -318,7 +325,7 @@ def run_loop(
         batch = next_batch(step)
         stats = meta_train_step(
             s.model, batch.episodes, s.optimizer, s.schedule, s.params, s.slct_lambda, s.grad_clip, s.precision,
-            batch.table, step, batch.query_end, s.scaler,
+            batch.table, step, batch.query_end, s.scaler, batch.rotation,
         )
         window.add(stats)
         done = step + 1

@@ -44,6 +44,7 @@ from mclstudio.training.loop import (
     warmup_halving_schedule,
 )
 from mclstudio.training.pretrain import pretrain_encoder
+from mclstudio.training.rotation import RotationBank
 
 @dataclass
 class TrainConfig:
@@ -81,6 +82,9 @@ class TrainConfig:
     tasks_range: tuple[int, int] | None = None
     shots_range: tuple[int, int] | None = None
     augment: bool = False  # class-level augmentation of the meta-train images (data/augmentation.py)
+    # the share of episodes whose frozen embeddings get a random rotation (training/rotation.py)
+    rotate_embeddings: float = 0.0
+    init_from: str | None = None  # start from this checkpoint's weights (fresh optimizer, no pre-training)
     compile: bool = True  # on CUDA, the training pass's elementwise hot spots through torch.compile
     learner: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +107,15 @@ class TrainConfig:
             raise ValueError(f"learning rate must be positive, not {self.lr}")
         if self.slct_lambda < 0:
             raise ValueError(f"selectivity lambda must be >= 0, not {self.slct_lambda}")
+        if not 0.0 <= self.rotate_embeddings <= 1.0:
+            raise ValueError(f"the rotated share of episodes must be in [0, 1], not {self.rotate_embeddings}")
+        if self.rotate_embeddings > 0 and (self.frozen_encoder_steps < self.steps or self.augment or self.noise_std > 0):
+            raise ValueError(
+                "rotated embeddings need a frozen encoder's table for the whole run: "
+                "--frozen-encoder-steps at least --steps, and no --augment or --noise"
+            )
+        if self.init_from and not Path(self.init_from).is_file():
+            raise ValueError(f"checkpoint not found: {self.init_from} (--init-from)")
         if self.tasks_range is not None or self.shots_range is not None:
             self.shapes().validate()  # (the fixed shape is checked by its EpisodeSpec)
 
@@ -200,8 +213,13 @@ class MetaTraining:
                 start_step = load_training_state(ckpt.training_state, optimizer, schedule, scaler)
                 self.previous_metrics = dict(ckpt.metadata.get("final_metrics", {}))
 
+        if cfg.init_from and start_step == 0 and not (cfg.resume and self.out.exists()):
+            start = load_checkpoint(cfg.init_from, device=device)
+            if start.learner.config.to_dict() != learner.config.to_dict():
+                raise ValueError(f"cannot start from {cfg.init_from}: it holds a different learner config")
+            learner.load_state_dict(start.learner.state_dict())
         self.pretrain_accuracy = None
-        if cfg.pretrain_steps > 0 and start_step == 0:
+        if cfg.pretrain_steps > 0 and start_step == 0 and not cfg.init_from:
             self.pretrain_accuracy = pretrain_encoder(
                 learner.embedding, source, self.base_spec, cfg.pretrain_steps, cfg.batch_size, cfg.lr, cfg.seed + rank,
                 on_pretrain_log if rank == 0 else None,
@@ -217,6 +235,11 @@ class MetaTraining:
         if self.frozen_encoder:
             self.frozen_table = None if cfg.augment else embed_pool(learner, source)  # type: ignore[arg-type]
             learner.embedding.x_encoder.requires_grad_(False)
+        self.rotations = None
+        if cfg.rotate_embeddings > 0:
+            if self.frozen_table is None:
+                raise ValueError(f"rotated embeddings need an image dataset's frozen encoder; {cfg.dataset} has none")
+            self.rotations = RotationBank(self.frozen_table.shape[1], cfg.rotate_embeddings, cfg.seed, device)
 
         if cfg.compile and device.type == "cuda":
             learner.compile_training()
@@ -252,7 +275,10 @@ class MetaTraining:
             generator = anytime_generator(cfg.seed, step)
             # from the spec's tasks on the host: the episodes' copies on a GPU would be read back
             query_end = sample_query_end(*example_tasks(step_spec), generator)
-        return Batch(episodes, self.frozen_table, query_end)
+        rotation = None
+        if self.rotations is not None and self.frozen_table is not None:
+            rotation = self.rotations.draw(step, loop.rank, cfg.batch_size)
+        return Batch(episodes, self.frozen_table, query_end, rotation)
 
     def save(self, step: int, last_log: TrainLog | None) -> None:
         """Write the checkpoint after ``step`` steps, with what resuming needs (rank 0 only)."""

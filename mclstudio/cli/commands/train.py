@@ -14,7 +14,7 @@ import click
 from mclstudio.choices import LEARNER_NAMES, OBJECTIVES
 from mclstudio.cli.interrupt import exit_interrupted, stopping_message
 from mclstudio.cli.options import (
-    AMOUNT, COUNT, NON_NEGATIVE, PROBABILITY, RATE, device_option, output_options, resume_option, torchvision_options,
+    AMOUNT, COUNT, NON_NEGATIVE, PROBABILITY, RATE, SHARE, device_option, output_options, resume_option, torchvision_options,
     train_precision_option,
 )
 from mclstudio.formatting import strict_json
@@ -52,6 +52,12 @@ def _learner_overrides(kw: dict[str, Any]) -> dict[str, Any]:
               help="Sample each task's training shots uniformly in MIN..MAX (e.g. 1:10), uneven within a stream.")
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Class-level augmentation of the meta-train images (flips as new classes, affine, stroke width).")
+@click.option("--rotate-embeddings", type=SHARE, default=0.0, show_default=True, metavar="SHARE",
+              help="Share of episodes whose frozen encoder embeddings get a random rotation (needs a frozen "
+                   "encoder for the whole run).")
+@click.option("--init-from", default=None, metavar="CKPT",
+              help="Start from this checkpoint's weights (same learner config) with a fresh optimizer and no "
+                   "encoder pre-training.")
 @click.option("--noise", type=AMOUNT, default=0.0, show_default=True, help="Gaussian input-noise std during training.")
 @click.option("--steps", type=COUNT, default=2000, show_default=True)
 @click.option("--batch-size", type=COUNT, default=16, show_default=True, help="Episodes per step (per process).")
@@ -110,7 +116,7 @@ def train_command(**kw: Any) -> None:
         checkpoint_every=kw["checkpoint_every"], log_every=kw["log_every"],
         out=out, resume=kw["resume"], max_minutes=kw["max_minutes"], pretrain_steps=kw["pretrain_steps"],
         frozen_encoder_steps=kw["frozen_encoder_steps"], learner=learner, augment=kw["augment"],
-        compile=kw["compile_training"],
+        compile=kw["compile_training"], rotate_embeddings=kw["rotate_embeddings"], init_from=kw["init_from"],
         tasks_range=parse_range(kw["tasks_range"], "--tasks-range") if kw["tasks_range"] else None,
         shots_range=parse_range(kw["shots_range"], "--shots-range") if kw["shots_range"] else None,
     )
