@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Issue 16's retraining with rotated embeddings and its ablation, in one call of an nvidia-h200-x2:
+#   run(command="bash benchmarks/device_retrain.sh", carry=[".whl", ".pydeps"], kind="nvidia-h200-x2")
+# Every sequence learner starts from its shipped checkpoint (--init-from; the encoder stays frozen) and
+# meta-trains for TRAIN_MIN minutes on 40-task streams (1-10 uneven shots, the anytime objective) with a
+# random rotation of its embeddings in every episode (--rotate-embeddings 1). Controls: Mamba and the
+# Transformer without rotation, and Mamba with half its episodes rotated, under the same recipe and clock.
+# Four runs share each GPU. Then every run's `eval --grid`. What comes back ($OUT, at most 8 files):
+# the checkpoints as a tar in 15 MB parts, and one .tgz of logs and grids.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/out}
+run_dir=/tmp/retrain
+mkdir -p /tmp/w "$out" "$run_dir"
+cat .whl/mamba_whl.part.* > /tmp/w/mamba_ssm-2.2.6.post3-cp312-cp312-linux_x86_64.whl
+python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/w/*.whl .pydeps/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+TRAIN_MIN=${TRAIN_MIN:-5.5}
+common=(--dataset omniglot-mini --tasks 40 --shots 5 --test-shots 5 --shots-range 1:10 --objective anytime
+        --steps 100000 --batch-size 32 --lr 5e-4 --lr-halve-every 1500 --warmup 100 --slct-lambda 0.5
+        --pretrain-steps 0 --frozen-encoder-steps 100000 --d-model 128 --y-vocab 100 --encoder-channels 32
+        --layers 4 --checkpoint-every 250 --log-every 50 --seed 0 --max-minutes "$TRAIN_MIN")
+# name model rotated-share gpu
+runs=("mamba mamba 1 0" "transformer transformer 1 0" "mamba_norot mamba 0 0" "transformer_norot transformer 0 0"
+      "linear_transformer linear_transformer 1 1" "performer performer 1 1" "longhorn longhorn 1 1"
+      "mamba_halfrot mamba 0.5 1")
+pids=()
+for spec in "${runs[@]}"; do
+  read -r name model share gpu <<<"$spec"
+  sizes=()
+  case "$model" in mamba|longhorn) ;; *) sizes=(--heads 4 --d-ff 256) ;; esac
+  CUDA_VISIBLE_DEVICES=$((gpu % gpus)) python3 -m mclstudio train --model "$model" "${common[@]}" "${sizes[@]}" \
+    --rotate-embeddings "$share" --init-from "checkpoints/$model.pt" -o "$run_dir/$name.pt" \
+    --log-file "$run_dir/train_$name.jsonl" >"$run_dir/train_$name.log" 2>&1 &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+pids=()
+index=0
+for spec in "${runs[@]}"; do
+  read -r name model share gpu <<<"$spec"
+  if [ -f "$run_dir/$name.pt" ]; then
+    CUDA_VISIBLE_DEVICES=$((index % gpus)) timeout 150 python3 -m mclstudio eval "$run_dir/$name.pt" --grid \
+      --episodes 32 --json >"$run_dir/grid_$name.json" 2>"$run_dir/grid_$name.err" &
+    pids+=($!)
+  fi
+  index=$((index + 1))
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+(cd "$run_dir" && tar cf /tmp/checkpoints.tar ./*.pt && tar czf "$out/logs_and_grids.tgz" ./*.log ./*.jsonl ./*.json ./*.err)
+(cd "$out" && split -b 15M /tmp/checkpoints.tar checkpoints.tar.part.)
+ls -l "$out"
+tail -n 2 "$run_dir"/train_*.log
