@@ -5,15 +5,22 @@
 # meta-trains for TRAIN_MIN minutes on 40-task streams (1-10 uneven shots, the anytime objective) with a
 # random rotation of its embeddings in every episode (--rotate-embeddings 1). Controls: Mamba and the
 # Transformer without rotation, and Mamba with half its episodes rotated, under the same recipe and clock.
-# Four runs share each GPU. Then every run's `eval --grid`. What comes back ($OUT, at most 8 files):
-# the checkpoints as a tar in 15 MB parts, and one .tgz of logs and grids.
+# Four runs share each GPU, each with 3 CPU threads (with torch's default of one per core, eight
+# trainings on 32 cores spun against each other). Then every run's `eval --grid`. What comes back ($OUT,
+# at most 8 files): the checkpoints as a tar in 15 MB parts, and one .tgz of logs and grids. A watchdog
+# stops the trainings (each saves first) and the grids in time for that, DEADLINE seconds after the start.
+# START_DIR holds each run's starting weights as NAME.pt (default checkpoints/, the shipped learners);
+# RUNS picks runs by name (default all).
 set -uo pipefail
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
+started=$SECONDS
+DEADLINE=${DEADLINE:-540}
+START_DIR=${START_DIR:-checkpoints}
 out=${OUT:-/tmp/out}
 run_dir=/tmp/retrain
 mkdir -p /tmp/w "$out" "$run_dir"
 cat .whl/mamba_whl.part.* > /tmp/w/mamba_ssm-2.2.6.post3-cp312-cp312-linux_x86_64.whl
-python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/w/*.whl .pydeps/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/w/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 TRAIN_MIN=${TRAIN_MIN:-5.5}
@@ -25,30 +32,43 @@ common=(--dataset omniglot-mini --tasks 40 --shots 5 --test-shots 5 --shots-rang
 runs=("mamba mamba 1 0" "transformer transformer 1 0" "mamba_norot mamba 0 0" "transformer_norot transformer 0 0"
       "linear_transformer linear_transformer 1 1" "performer performer 1 1" "longhorn longhorn 1 1"
       "mamba_halfrot mamba 0.5 1")
+selected=()
+for spec in "${runs[@]}"; do
+  read -r name _ <<<"$spec"
+  [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $name "* ]] && selected+=("$spec")
+done
+runs=("${selected[@]}")
 pids=()
 for spec in "${runs[@]}"; do
   read -r name model share gpu <<<"$spec"
+  start=$START_DIR/$name.pt
+  [ -f "$start" ] || start=$START_DIR/$model.pt
   sizes=()
   case "$model" in mamba|longhorn) ;; *) sizes=(--heads 4 --d-ff 256) ;; esac
   CUDA_VISIBLE_DEVICES=$((gpu % gpus)) python3 -m mclstudio train --model "$model" "${common[@]}" "${sizes[@]}" \
-    --rotate-embeddings "$share" --init-from "checkpoints/$model.pt" -o "$run_dir/$name.pt" \
+    --rotate-embeddings "$share" --init-from "$start" -o "$run_dir/$name.pt" \
     --log-file "$run_dir/train_$name.jsonl" >"$run_dir/train_$name.log" 2>&1 &
   pids+=($!)
 done
+# the watchdog: trainings get SIGTERM (they save, then stop) and grids are cut off in time to pack
+( sleep $((DEADLINE - (SECONDS - started) - 40)); pkill -TERM -f "mclstudio (train|eval)" ) &
+watchdog=$!
 for pid in "${pids[@]}"; do wait "$pid"; done
 pids=()
 index=0
 for spec in "${runs[@]}"; do
   read -r name model share gpu <<<"$spec"
   if [ -f "$run_dir/$name.pt" ]; then
-    CUDA_VISIBLE_DEVICES=$((index % gpus)) timeout 150 python3 -m mclstudio eval "$run_dir/$name.pt" --grid \
+    CUDA_VISIBLE_DEVICES=$((index % gpus)) timeout $((DEADLINE - (SECONDS - started) - 25)) python3 -m mclstudio eval "$run_dir/$name.pt" --grid \
       --episodes 32 --json >"$run_dir/grid_$name.json" 2>"$run_dir/grid_$name.err" &
     pids+=($!)
   fi
   index=$((index + 1))
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
+kill $watchdog 2>/dev/null
 (cd "$run_dir" && tar cf /tmp/checkpoints.tar ./*.pt && tar czf "$out/logs_and_grids.tgz" ./*.log ./*.jsonl ./*.json ./*.err)
 (cd "$out" && split -b 15M /tmp/checkpoints.tar checkpoints.tar.part.)
 ls -l "$out"
 tail -n 2 "$run_dir"/train_*.log
+echo "took $((SECONDS - started)) s"

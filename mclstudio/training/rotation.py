@@ -24,7 +24,14 @@ from mclstudio.transfer import to_device
 def haar_orthogonal(count: int, dim: int, generator: torch.Generator) -> Tensor:
     """(count, dim, dim) float32 orthogonal matrices, uniform (Haar) over the orthogonal group."""
     gaussian = torch.randn(count, dim, dim, generator=generator)
-    q, r = torch.linalg.qr(gaussian)
+    # One thread: small decompositions gain nothing from more, and with several trainings on one host
+    # (train_shipped.sh) their thread pools spun against each other for minutes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        q, r = torch.linalg.qr(gaussian)
+    finally:
+        torch.set_num_threads(threads)
     return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
 
 
