@@ -1,4 +1,5 @@
-"""Parameter-efficient adaptation of the shipped learners to a shifted domain, measured on the CPU.
+"""Parameter-efficient adaptation of the previous shipped learners (checkpoints/previous/, the 20-task
+checkpoints the shipped adapters were trained on) to a shifted domain, measured on the CPU.
 
 For each model: `mclstudio adapt` (the same function) trains low-rank adapters on the frozen shipped
 checkpoint on the shifted domain's meta-train split; then the base and the adapted learner are meta-tested
@@ -8,8 +9,8 @@ per model, domain, rank and target set), so models can be run one at a time:
 
     python benchmarks/adapt_cpu.py --model mamba --dataset omniglot-mini:inverted --rank 4 --steps 300
 
-Equivalent commands: `mclstudio adapt checkpoints/mamba.pt --dataset omniglot-mini:inverted --rank 4
---alpha 8 --steps 300`, then `mclstudio eval checkpoints/mamba.pt [--adapter FILE] --episodes 256
+Equivalent commands: `mclstudio adapt checkpoints/previous/mamba.pt --dataset omniglot-mini:inverted --rank 4
+--alpha 8 --steps 300`, then `mclstudio eval checkpoints/previous/mamba.pt [--adapter FILE] --episodes 256
 --domain omniglot-mini:inverted` (its "trained" and "domain" rows).
 """
 
@@ -64,7 +65,7 @@ def main() -> None:
     out = Path(args.out).resolve()
     os.chdir(ROOT)  # relative paths in the adapter files and the results
 
-    checkpoint = Path("checkpoints") / f"{args.model}.pt"
+    checkpoint = Path("checkpoints") / "previous" / f"{args.model}.pt"  # the adapters' bases
     suffix = "-ssm" if args.ssm else ""
     suffix += "-encoder" if args.encoder else ""
     adapter_path = default_adapter_path(checkpoint, args.dataset, args.rank)

@@ -31,7 +31,8 @@ common=(--dataset omniglot-mini --tasks 40 --shots 5 --test-shots 5 --shots-rang
 # name model rotated-share gpu
 runs=("mamba mamba 1 0" "transformer transformer 1 0" "mamba_norot mamba 0 0" "transformer_norot transformer 0 0"
       "linear_transformer linear_transformer 1 1" "performer performer 1 1" "longhorn longhorn 1 1"
-      "mamba_halfrot mamba 0.5 1")
+      "mamba_halfrot mamba 0.5 1" "linear_transformer_norot linear_transformer 0 0" "performer_norot performer 0 0"
+      "longhorn_norot longhorn 0 0")
 selected=()
 for spec in "${runs[@]}"; do
   read -r name _ <<<"$spec"

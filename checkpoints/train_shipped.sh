@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Meta-train the shipped learners with one recipe: Omniglot-mini meta-train alphabets, the anytime objective
+# Meta-train the shipped learners, in two stages.
+# Stage 1 (the defaults below; what checkpoints/previous/ holds): Omniglot-mini meta-train alphabets, the anytime objective
 # (each query asked after a random task boundary at or after its task), 20-task streams with 1-10 shots per
 # task (uneven; 5 query shots), the same batch, learning rate, selectivity weight and encoder pre-training
 # (then frozen) for all six learners.
@@ -14,12 +15,23 @@
 # MODELS picks some of them (default: all six). STEPS and MAX_MINUTES bound each run; whichever comes
 # first ends it, with a checkpoint. RESUME=1 continues each from its checkpoint in OUTDIR; FORCE=1
 # replaces them (without either, an existing checkpoint in OUTDIR is refused).
+# Stage 2 (the shipped sequence learners): from stage 1's weights, 40-task streams, a fresh Adam:
+#   INIT_DIR=checkpoints/previous TASKS=40 LR=5e-4 HALVE=1500 WARMUP=100 MAX_MINUTES=5 \
+#   MODELS="mamba transformer linear_transformer performer longhorn" OUTDIR=stage2 bash checkpoints/train_shipped.sh
+# (ProtoNet has nothing left to train on a frozen encoder: stage 1's is shipped.) The runs that made the
+# shipped files are benchmarks/device_retrain.sh's, with these settings (README: Shipped learners).
+# Each run gets THREADS CPU threads (default 3): with torch's default of one per core, runs sharing a
+# host spun their thread pools against each other and trained 4x slower.
 set -euo pipefail
 STEPS=${STEPS:-20000}
 BATCH=${BATCH:-32}
 LR=${LR:-1e-3}
 LAMBDA=${LAMBDA:-0.5}
 PRETRAIN=${PRETRAIN:-300}
+TASKS=${TASKS:-20}
+HALVE=${HALVE:-3000}
+WARMUP=${WARMUP:-200}
+export OMP_NUM_THREADS=${THREADS:-3}
 FROZEN=${FROZEN:-100000}
 DEVICE=${DEVICE:-auto}
 GPUS=${GPUS:-1}
@@ -30,9 +42,10 @@ extra=()
 [ "${RESUME:-0}" = "1" ] && extra+=(--resume)
 [ "${FORCE:-0}" = "1" ] && extra+=(--force)
 [ -n "${MAX_MINUTES:-}" ] && extra+=(--max-minutes "$MAX_MINUTES")
+[ -n "${INIT_DIR:-}" ] && PRETRAIN=0
 mkdir -p "$OUTDIR" "$LOGDIR"
-common=(--dataset omniglot-mini --tasks 20 --shots 5 --test-shots 5 --shots-range 1:10
-        --objective anytime --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --lr-halve-every 3000 --warmup 200
+common=(--dataset omniglot-mini --tasks "$TASKS" --shots 5 --test-shots 5 --shots-range 1:10
+        --objective anytime --steps "$STEPS" --batch-size "$BATCH" --lr "$LR" --lr-halve-every "$HALVE" --warmup "$WARMUP"
         --slct-lambda "$LAMBDA" --pretrain-steps "$PRETRAIN" --frozen-encoder-steps "$FROZEN" --d-model 128 --y-vocab 100
         --encoder-channels 32 --device "$DEVICE" --checkpoint-every 250 --log-every 50 --seed 0)
 pids=()
@@ -44,9 +57,11 @@ for model in ${MODELS:-mamba transformer linear_transformer performer longhorn p
     protonet) sizes=() ;;  # no sequence model: the encoder and per-code sums
     *) sizes+=(--heads 4 --d-ff 256) ;;
   esac
+  start=()
+  [ -n "${INIT_DIR:-}" ] && start=(--init-from "$INIT_DIR/$model.pt")
   gpu=()
   [ "$GPUS" -gt 1 ] && gpu=(env CUDA_VISIBLE_DEVICES=$((index % GPUS)))
-  "${gpu[@]}" "$PYTHON" -m mclstudio train --model "$model" "${common[@]}" "${sizes[@]}" "${extra[@]}" \
+  "${gpu[@]}" "$PYTHON" -m mclstudio train --model "$model" "${common[@]}" "${sizes[@]}" "${start[@]}" "${extra[@]}" \
     -o "$OUTDIR/$model.pt" --log-file "$LOGDIR/train_$model.jsonl" >"$LOGDIR/train_$model.log" 2>&1 &
   pids+=($!)
   index=$((index + 1))

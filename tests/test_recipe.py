@@ -152,10 +152,13 @@ def test_training_precision_and_old_amp_keys():
     assert precision_from_config({"amp": True, "device": "cuda:1"}) == "bf16"
     assert precision_from_config({"amp": False, "device": "cuda"}) == "fp32"
     assert precision_from_config({"precision": "fp16", "device": "cuda"}) == "fp16"
-    # The shipped files predate --precision: Mamba was trained with --device auto, its adapter on the CPU.
-    train_config = load_checkpoint(ROOT / "checkpoints" / "mamba.pt").metadata["train_config"]
+    # The previous shipped files predate --precision: Mamba was trained with --device auto, its adapter on
+    # the CPU; the current ones store theirs.
+    train_config = load_checkpoint(ROOT / "checkpoints" / "previous" / "mamba.pt").metadata["train_config"]
     assert train_config["amp"] is True and TrainConfig.from_dict(train_config).precision == "auto"
-    adapter = read_safely(ROOT / "checkpoints" / "adapters" / "mamba-omniglot-mini-inverted-r4.pt", "adapter")
+    current = load_checkpoint(ROOT / "checkpoints" / "mamba.pt").metadata["train_config"]
+    assert "amp" not in current and TrainConfig.from_dict(current).precision == "bf16"
+    adapter = read_safely(ROOT / "checkpoints" / "previous" / "adapters" / "mamba-omniglot-mini-inverted-r4.pt", "adapter")
     assert AdaptConfig.from_dict(adapter["metadata"]["adapt_config"]).precision == "fp32"
 
 

@@ -271,7 +271,9 @@ def test_picker_shows_a_bad_checkpoint_path_inside_the_app(tmp_path: Path) -> No
 
 
 def test_picker_switches_checkpoints_with_their_adapters(tmp_path: Path) -> None:
-    adapter = str(ROOT / "checkpoints" / "adapters" / "mamba-omniglot-mini-inverted-r4.pt")
+    # the shipped adapters were trained on the previous checkpoints (checkpoints/previous/)
+    adapter = str(ROOT / "checkpoints" / "previous" / "adapters" / "mamba-omniglot-mini-inverted-r4.pt")
+    MAMBA = str(ROOT / "checkpoints" / "previous" / "mamba.pt")
 
     async def go() -> None:
         app = build_open_app([MAMBA], tasks=3, shots=2, seed=0, device="cpu", record_dir=tmp_path,

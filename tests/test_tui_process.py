@@ -124,7 +124,9 @@ def test_the_child_loads_the_apps_checkpoints_with_their_adapters_and_settings(t
     from mclstudio.store.checkpoint import CheckpointError
     from mclstudio.tui.process_player import FeedRequest
 
-    adapter = str(ROOT / "checkpoints" / "adapters" / "mamba-omniglot-mini-noisy-r4.pt")
+    # the shipped adapters were trained on the previous checkpoints (checkpoints/previous/)
+    adapter = str(ROOT / "checkpoints" / "previous" / "adapters" / "mamba-omniglot-mini-noisy-r4.pt")
+    MAMBA = str(ROOT / "checkpoints" / "previous" / "mamba.pt")
     copy = tmp_path / "mamba.pt"
     shutil.copyfile(MAMBA, copy)
     spec = EpisodeSpec(tasks=3, train_shots=2, seed=1, num_codes=100)
