@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build mamba_ssm's CUDA selective scan for Hopper (sm_90) from an unpacked sdist and install it into
 # /tmp/site (for a GPU machine with torch and nvcc but no package registry).
-#   bash benchmarks/build_mamba_ssm.sh .whl/mamba_ssm-2.2.6.post3 [WHEEL_DIR]
+#   bash benchmarks/build_mamba_ssm.sh .whl-src/mamba_ssm-2.2.6.post3 [WHEEL_DIR]
 # The sdist's setup.py has its -gencode list cut to sm_90 beforehand (about 2.5 minutes to build).
 # A wheel already in WHEEL_DIR is installed without building: the sm_90 wheel is 40 MB, so it can come
 # back from one device call in 15 MB parts (split -b 15M) and travel to the next (cat the parts back).

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 16's retraining with rotated embeddings and its ablation, in one call of an nvidia-h200-x2:
-#   run(command="bash benchmarks/device_retrain.sh", carry=[".whl", ".pydeps"], kind="nvidia-h200-x2")
-# Every sequence learner starts from its shipped checkpoint (--init-from; the encoder stays frozen) and
+#   run(command="bash benchmarks/device_retrain.sh", carry=[".whl"], kind="nvidia-h200-x2")
+# (the wheel and the working tree are over the 64 MiB a call carries: move a tracked file the call does
+# not need, such as recordings/run.h5, out of the tree for the call; see device_pending.sh)
+# Every sequence learner starts from its stage 1 checkpoint (--init-from; the encoder stays frozen) and
 # meta-trains for TRAIN_MIN minutes on 40-task streams (1-10 uneven shots, the anytime objective) with a
 # random rotation of its embeddings in every episode (--rotate-embeddings 1). Controls: Mamba and the
 # Transformer without rotation, and Mamba with half its episodes rotated, under the same recipe and clock.
@@ -9,13 +11,13 @@
 # trainings on 32 cores spun against each other). Then every run's `eval --grid`. What comes back ($OUT,
 # at most 8 files): the checkpoints as a tar in 15 MB parts, and one .tgz of logs and grids. A watchdog
 # stops the trainings (each saves first) and the grids in time for that, DEADLINE seconds after the start.
-# START_DIR holds each run's starting weights as NAME.pt (default checkpoints/, the shipped learners);
+# START_DIR holds each run's starting weights as NAME.pt or MODEL.pt (default checkpoints/previous/, stage 1);
 # RUNS picks runs by name (default all).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
 started=$SECONDS
 DEADLINE=${DEADLINE:-540}
-START_DIR=${START_DIR:-checkpoints}
+START_DIR=${START_DIR:-checkpoints/previous}
 out=${OUT:-/tmp/out}
 run_dir=/tmp/retrain
 mkdir -p /tmp/w "$out" "$run_dir"
