@@ -14,21 +14,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/out}
-mkdir -p /tmp/w "$out"
-built=0
-if ls .whl/mamba_whl.part.* >/dev/null 2>&1; then
-  cat .whl/mamba_whl.part.* > /tmp/w/mamba_ssm-2.2.6.post3-cp312-cp312-linux_x86_64.whl
-else
-  # A fresh checkout has only the sdist (setup.py cut to sm_90): build the wheel (about 3 minutes) and
-  # send it back in parts for the next call.
-  built=1
-  (cd .whl-src/mamba_ssm-2.2.6.post3 && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=16 python3 -m pip wheel -q \
-     --no-build-isolation --no-deps . -w /tmp/built) > "$out/build.log" 2>&1 || exit 1
-  cp /tmp/built/mamba_ssm-*.whl /tmp/w/mamba_ssm-2.2.6.post3-cp312-cp312-linux_x86_64.whl
-  (cd "$out" && split -b 15M /tmp/w/mamba_ssm-*.whl mamba_whl.part.)
-fi
-python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/w/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
+source benchmarks/device_wheel.sh  # the mamba_ssm wheel, built here when no parts are carried ($built)
 # 1. Training speed after the host-wait removal and Longhorn's dynamic compiled transition (issue 15),
 #    alone on the machine: a host-bound step is slowed by anything else using the host's cores.
 timeout 330 python3 benchmarks/train_speed.py --larger-batches 256 --out "$out/train_speed.json" 2>&1 \
@@ -36,5 +22,4 @@ timeout 330 python3 benchmarks/train_speed.py --larger-batches 256 --out "$out/t
 # 2. Longhorn's fast path against the reference with its compiled transition (issue 15).
 [ "$built" = 1 ] || timeout 200 python3 benchmarks/train_agreement.py --models longhorn --out "$out/train_agreement_longhorn_h200.json" \
   > "$out/train_agreement_longhorn.log" 2>&1
-[ -f "$out/build.log" ] && ls "$out"/mamba_whl.part.* >/dev/null 2>&1 && rm "$out/build.log"
 ls -l "$out"

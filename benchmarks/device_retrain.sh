@@ -20,10 +20,8 @@ DEADLINE=${DEADLINE:-540}
 START_DIR=${START_DIR:-checkpoints/previous}
 out=${OUT:-/tmp/out}
 run_dir=/tmp/retrain
-mkdir -p /tmp/w "$out" "$run_dir"
-cat .whl/mamba_whl.part.* > /tmp/w/mamba_ssm-2.2.6.post3-cp312-cp312-linux_x86_64.whl
-python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/w/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
+mkdir -p "$run_dir"
+source benchmarks/device_wheel.sh  # the mamba_ssm wheel
 gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 TRAIN_MIN=${TRAIN_MIN:-5.5}
 common=(--dataset omniglot-mini --tasks 40 --shots 5 --test-shots 5 --shots-range 1:10 --objective anytime

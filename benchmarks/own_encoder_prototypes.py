@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from streaming import device_info  # noqa: E402
 
+from mclstudio.cli.grid_report import parse_int_list  # noqa: E402
 from mclstudio.data import get_source  # noqa: E402
 from mclstudio.learners.registry import build_learner, make_config  # noqa: E402
 from mclstudio.store.checkpoint import load_checkpoint  # noqa: E402
@@ -52,8 +52,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "own_encoder_prototypes_cpu.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    tasks = tuple(int(t) for t in args.tasks.split(","))
-    shots = tuple(int(s) for s in args.shots.split(","))
+    tasks, shots = parse_int_list(args.tasks, "--tasks"), parse_int_list(args.shots, "--shots")
     runs = []
     for model in args.models.split(","):
         ckpt = load_checkpoint(ROOT / "checkpoints" / f"{model}.pt")
@@ -62,7 +61,7 @@ def main() -> None:
         source = get_source(base.dataset)
         proto = prototypes_on_encoder_of(learner)
         cells = {}
-        for setting in grid_settings(replace(base), tasks, shots):
+        for setting in grid_settings(base, tasks, shots):
             mine = evaluate_setting(learner, source, setting, args.episodes, 32)
             means = evaluate_setting(proto, source, setting, args.episodes, 32)
             cells[setting.name] = {"learner": mine.mean, "learner_ci95": mine.ci95,

@@ -24,7 +24,7 @@ from mclstudio.data import EpisodeSpec, ImageSource, ShapeRange, get_source
 from mclstudio.data.layout import example_tasks
 from mclstudio.learners.base import Learner
 from mclstudio.learners.registry import LEARNERS, build_learner, make_config
-from mclstudio.store.checkpoint import load_checkpoint, save_checkpoint
+from mclstudio.store.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mclstudio.store.device import resolve_device
 from mclstudio.training.anytime import anytime_generator, sample_query_end
 from mclstudio.training.interrupt import TrainingInterrupted
@@ -132,6 +132,17 @@ class TrainConfig:
         return TrainConfig(**{**{k: v for k, v in d.items() if k in known}, "precision": precision_from_config(d)})
 
 
+def _load_weights_into(learner: Learner, path: str | Path, device: torch.device, verb: str,
+                       with_training_state: bool = False) -> Checkpoint:
+    """Load ``path``'s weights into ``learner`` (resuming a run, or starting one from a checkpoint);
+    ValueError when it holds another learner config. The loaded checkpoint."""
+    ckpt = load_checkpoint(path, device=device, with_training_state=with_training_state)
+    if ckpt.learner.config.to_dict() != learner.config.to_dict():
+        raise ValueError(f"cannot {verb} from {path}: it holds a different learner config")
+    learner.load_state_dict(ckpt.learner.state_dict())
+    return ckpt
+
+
 def _distributed_context() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -204,20 +215,14 @@ class MetaTraining:
         start_step = 0
         self.previous_metrics: dict[str, Any] = {}
         self.out = Path(cfg.out)
-        if cfg.resume and self.out.exists():
-            ckpt = load_checkpoint(self.out, device=device, with_training_state=True)
-            if ckpt.learner.config.to_dict() != learner.config.to_dict():
-                raise ValueError(f"cannot resume from {self.out}: it holds a different learner config")
-            learner.load_state_dict(ckpt.learner.state_dict())
+        resuming = cfg.resume and self.out.exists()
+        if resuming:
+            ckpt = _load_weights_into(learner, self.out, device, "resume", with_training_state=True)
             if ckpt.training_state:
                 start_step = load_training_state(ckpt.training_state, optimizer, schedule, scaler)
                 self.previous_metrics = dict(ckpt.metadata.get("final_metrics", {}))
-
-        if cfg.init_from and start_step == 0 and not (cfg.resume and self.out.exists()):
-            start = load_checkpoint(cfg.init_from, device=device)
-            if start.learner.config.to_dict() != learner.config.to_dict():
-                raise ValueError(f"cannot start from {cfg.init_from}: it holds a different learner config")
-            learner.load_state_dict(start.learner.state_dict())
+        elif cfg.init_from:
+            _load_weights_into(learner, cfg.init_from, device, "start")
         self.pretrain_accuracy = None
         if cfg.pretrain_steps > 0 and start_step == 0 and not cfg.init_from:
             self.pretrain_accuracy = pretrain_encoder(
@@ -275,9 +280,8 @@ class MetaTraining:
             generator = anytime_generator(cfg.seed, step)
             # from the spec's tasks on the host: the episodes' copies on a GPU would be read back
             query_end = sample_query_end(*example_tasks(step_spec), generator)
-        rotation = None
-        if self.rotations is not None and self.frozen_table is not None:
-            rotation = self.rotations.draw(step, loop.rank, cfg.batch_size)
+        # (validate keeps the frozen table for the whole run when rotating)
+        rotation = None if self.rotations is None else self.rotations.draw(step, loop.rank, cfg.batch_size)
         return Batch(episodes, self.frozen_table, query_end, rotation)
 
     def save(self, step: int, last_log: TrainLog | None) -> None:
