@@ -14,7 +14,7 @@
 # START_DIR holds each run's starting weights as NAME.pt or MODEL.pt (default checkpoints/previous/, stage 1);
 # RUNS picks runs by name (default all).
 set -uo pipefail
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${THREADS:-3}
 started=$SECONDS
 DEADLINE=${DEADLINE:-540}
 START_DIR=${START_DIR:-checkpoints/previous}
@@ -25,14 +25,19 @@ source benchmarks/device_wheel.sh  # the mamba_ssm wheel
 gpus=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 TRAIN_MIN=${TRAIN_MIN:-5.5}
 common=(--dataset omniglot-mini --tasks 40 --shots 5 --test-shots 5 --shots-range 1:10 --objective anytime
-        --steps 100000 --batch-size 32 --lr 5e-4 --lr-halve-every 1500 --warmup 100 --slct-lambda 0.5
+        --steps 100000 --batch-size 32 --lr "${LR:-5e-4}" --lr-halve-every "${HALVE:-1500}" --warmup 100 --slct-lambda 0.5
         --pretrain-steps 0 --frozen-encoder-steps 100000 --d-model 128 --y-vocab 100 --encoder-channels 32
         --layers 4 --checkpoint-every 250 --log-every 50 --seed 0 --max-minutes "$TRAIN_MIN")
-# name model rotated-share gpu
-runs=("mamba mamba 1 0" "transformer transformer 1 0" "mamba_norot mamba 0 0" "transformer_norot transformer 0 0"
-      "linear_transformer linear_transformer 1 1" "performer performer 1 1" "longhorn longhorn 1 1"
-      "mamba_halfrot mamba 0.5 1" "linear_transformer_norot linear_transformer 0 0" "performer_norot performer 0 0"
-      "longhorn_norot longhorn 0 0")
+# name model rotated-share gpu augment
+runs=("mamba mamba 1 0 0" "transformer transformer 1 0 0" "mamba_norot mamba 0 0 0" "transformer_norot transformer 0 0 0"
+      "linear_transformer linear_transformer 1 1 0" "performer performer 1 1 0" "longhorn longhorn 1 1 0"
+      "mamba_halfrot mamba 0.5 1 0" "linear_transformer_norot linear_transformer 0 0 0" "performer_norot performer 0 0 0"
+      "longhorn_norot longhorn 0 0 0"
+      # stage 3: class-level augmentation of the images (new classes each episode, through the frozen encoder)
+      # against plain continued training under the same clock (START_DIR=checkpoints)
+      "mamba_aug mamba 0 0 1" "transformer_aug transformer 0 0 1" "linear_transformer_aug linear_transformer 0 0 1"
+      "performer_aug performer 0 0 1" "longhorn_aug longhorn 0 0 1" "mamba_cont mamba 0 0 0"
+      "transformer_cont transformer 0 0 0")
 selected=()
 for spec in "${runs[@]}"; do
   read -r name _ <<<"$spec"
@@ -41,11 +46,12 @@ done
 runs=("${selected[@]}")
 pids=()
 for spec in "${runs[@]}"; do
-  read -r name model share gpu <<<"$spec"
+  read -r name model share gpu augment <<<"$spec"
   start=$START_DIR/$name.pt
   [ -f "$start" ] || start=$START_DIR/$model.pt
   sizes=()
   case "$model" in mamba|longhorn) ;; *) sizes=(--heads 4 --d-ff 256) ;; esac
+  [ "$augment" = 1 ] && sizes+=(--augment)
   CUDA_VISIBLE_DEVICES=$((gpu % gpus)) python3 -m mclstudio train --model "$model" "${common[@]}" "${sizes[@]}" \
     --rotate-embeddings "$share" --init-from "$start" -o "$run_dir/$name.pt" \
     --log-file "$run_dir/train_$name.jsonl" >"$run_dir/train_$name.log" 2>&1 &
@@ -58,10 +64,10 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 pids=()
 index=0
 for spec in "${runs[@]}"; do
-  read -r name model share gpu <<<"$spec"
+  read -r name model share gpu augment <<<"$spec"
   if [ -f "$run_dir/$name.pt" ]; then
     CUDA_VISIBLE_DEVICES=$((index % gpus)) timeout $((DEADLINE - (SECONDS - started) - 25)) python3 -m mclstudio eval "$run_dir/$name.pt" --grid \
-      --episodes 32 --json >"$run_dir/grid_$name.json" 2>"$run_dir/grid_$name.err" &
+      --episodes "${GRID_EPISODES:-32}" --json >"$run_dir/grid_$name.json" 2>"$run_dir/grid_$name.err" &
     pids+=($!)
   fi
   index=$((index + 1))

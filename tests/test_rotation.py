@@ -135,24 +135,31 @@ def test_train_cli_refuses_a_bad_rotation_share_and_a_missing_start(tmp_path, ca
     assert not (tmp_path / "c.pt").exists()
 
 
-def test_train_shipped_stage_two_starts_from_stage_one_with_the_encoder_frozen(tmp_path) -> None:
-    """checkpoints/train_shipped.sh's stage 2 (INIT_DIR): the run starts from stage 1's weights, trains the
-    sequence model and leaves the frozen encoder exactly as it was."""
+@pytest.mark.parametrize("init_dir, augment", [("checkpoints/previous", "0"), ("checkpoints", "1")],
+                         ids=["stage2-from-stage1", "stage3-augmented"])
+def test_train_shipped_later_stages_start_from_a_checkpoint_with_the_encoder_frozen(tmp_path, init_dir: str,
+                                                                                    augment: str) -> None:
+    """checkpoints/train_shipped.sh's stages 2 and 3 (INIT_DIR, AUGMENT): the run starts from the given
+    weights, trains the sequence model (with class-level augmentation when asked) and leaves the frozen
+    encoder exactly as it was."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    start_file = root / init_dir / "mamba.pt"
     env = dict(os.environ, DEVICE="cpu", MODELS="mamba", STEPS="1", BATCH="1", TASKS="3", THREADS="1",
-               INIT_DIR=str(root / "checkpoints" / "previous"), OUTDIR=str(tmp_path), PYTHON=sys.executable,
+               INIT_DIR=str(root / init_dir), AUGMENT=augment, OUTDIR=str(tmp_path), PYTHON=sys.executable,
                PYTHONPATH=str(root))
     done = subprocess.run(["bash", str(root / "checkpoints" / "train_shipped.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (tmp_path / "train_mamba.log").read_text()
-    start = load_checkpoint(root / "checkpoints" / "previous" / "mamba.pt").learner.state_dict()
+    start = load_checkpoint(start_file).learner.state_dict()
     after = load_checkpoint(tmp_path / "mamba.pt")
-    assert after.metadata["train_config"]["init_from"] == str(root / "checkpoints" / "previous" / "mamba.pt")
+    assert after.metadata["train_config"]["init_from"] == str(start_file)
+    assert after.metadata["train_config"]["augment"] is (augment == "1")
+    assert after.metadata["episode_spec"]["augment"] is (augment == "1")
     assert after.metadata["episode_spec"]["tasks"] == 3 and after.metadata["encoder_pretrain_accuracy"] is None
     weights = after.learner.state_dict()
     encoder = [k for k in start if k.startswith("embedding.x_encoder.")]
