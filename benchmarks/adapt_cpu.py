@@ -1,9 +1,11 @@
-"""Parameter-efficient adaptation of the previous shipped learners (checkpoints/previous/, the 20-task
-checkpoints the shipped adapters were trained on) to a shifted domain, measured on the CPU.
+"""Parameter-efficient adaptation of a shipped learner to a shifted domain, measured on the CPU. The bases
+are the previous shipped learners by default (checkpoints/previous/, the 20-task checkpoints the adapters
+in checkpoints/previous/adapters/ were trained on); --base-dir checkpoints takes the current ones.
 
 For each model: `mclstudio adapt` (the same function) trains low-rank adapters on the frozen shipped
 checkpoint on the shifted domain's meta-train split; then the base and the adapted learner are meta-tested
-(the "trained" setting of `mclstudio eval`: 20 tasks x 5 shots, the same evaluation seeds) on the shifted
+(the "trained" setting of `mclstudio eval`: the base's shape, 20 tasks x 5 shots for checkpoints/previous/ and
+40 x 5 for the current learners, the same evaluation seeds) on the shifted
 domain's meta-test split and on the original domain's. Results are merged into the JSON file (one entry
 per model, domain, rank and target set), so models can be run one at a time:
 
@@ -59,13 +61,15 @@ def main() -> None:
     parser.add_argument("--encoder", action="store_true")
     parser.add_argument("--episodes", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--base-dir", default="checkpoints/previous",
+                        help="the bases' folder, relative to the repository (checkpoints/: the shipped learners)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adapt_cpu.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
     os.chdir(ROOT)  # relative paths in the adapter files and the results
 
-    checkpoint = Path("checkpoints") / "previous" / f"{args.model}.pt"  # the adapters' bases
+    checkpoint = Path(args.base_dir) / f"{args.model}.pt"  # the adapter's base
     suffix = "-ssm" if args.ssm else ""
     suffix += "-encoder" if args.encoder else ""
     adapter_path = default_adapter_path(checkpoint, args.dataset, args.rank)
@@ -92,6 +96,7 @@ def main() -> None:
 
     entry = {
         "model": args.model,
+        "base": str(checkpoint),
         "dataset": args.dataset,
         "rank": args.rank,
         "alpha": args.alpha,
@@ -113,8 +118,11 @@ def main() -> None:
     doc.update(device_info())
     doc["note"] = ("2-core CPU shared with other jobs: wall times and episodes/s are upper bounds of the cost, "
                    "accuracies are unaffected")
-    key = (entry["model"], entry["dataset"], entry["rank"], entry["targets"])
-    doc["runs"] = [r for r in doc["runs"] if (r["model"], r["dataset"], r["rank"], r["targets"]) != key] + [entry]
+    def key(run: dict) -> tuple:  # runs written before "base" existed used checkpoints/previous/
+        return (run["model"], run.get("base", f"checkpoints/previous/{run['model']}.pt"), run["dataset"], run["rank"],
+                run["targets"])
+
+    doc["runs"] = [r for r in doc["runs"] if key(r) != key(entry)] + [entry]
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps({k: v for k, v in entry.items() if k != "adapt_log"}, indent=2))
 
