@@ -12,7 +12,14 @@
 # at most 8 files): the checkpoints as a tar in 15 MB parts, and one .tgz of logs and grids. A watchdog
 # stops the trainings (each saves first) and the grids in time for that, DEADLINE seconds after the start.
 # START_DIR holds each run's starting weights as NAME.pt or MODEL.pt (default checkpoints/previous/, stage 1);
-# RUNS picks runs by name (default all).
+# RUNS picks runs by name (default all); LR, HALVE (the schedule), THREADS (per run) and GRID_EPISODES
+# change the defaults above.
+# Stage 3 (the shipped files; one nvidia-h200), from stage 2's checkpoints, was two calls:
+#   START_DIR=checkpoints TRAIN_MIN=6 DEADLINE=575 THREADS=2 LR=3e-4 HALVE=1000 \
+#     RUNS="mamba_aug transformer_aug linear_transformer_aug performer_aug longhorn_aug mamba_cont transformer_cont"
+# then, from the augmented runs' weights (without their optimizer state) saved as START_DIR/<name>.pt:
+#   START_DIR=... TRAIN_MIN=5 DEADLINE=480 THREADS=3 LR=1.5e-4 HALVE=1000 GRID_EPISODES=64 \
+#     RUNS="mamba_aug transformer_aug linear_transformer_aug performer_aug longhorn_aug"
 set -uo pipefail
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${THREADS:-3}
 started=$SECONDS
