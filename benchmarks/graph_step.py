@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import itertools
 import time
 import traceback
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_speed import GRAD_CLIP, SLCT_LAMBDA, Setup, compiled_encoder_error, sync  # noqa: E402
+from train_speed import GRAD_CLIP, SLCT_LAMBDA, Setup, compiled_encoder_error, timed  # noqa: E402
 
 from mclstudio.data import get_source  # noqa: E402
 from mclstudio.learners.registry import LEARNERS  # noqa: E402
@@ -83,15 +84,12 @@ class GraphedStep:
         return self.stats.loss
 
 
-def rate(fn, batch: int, device: torch.device, warmup: int, steps: int) -> float:
-    for i in range(warmup):
-        fn(i)
-    sync(device)
-    started = time.perf_counter()
-    for i in range(steps):
-        fn(warmup + i)
-    sync(device)
-    return batch * steps / (time.perf_counter() - started)
+def graphed_rate(graphed: GraphedStep, args: argparse.Namespace, device: torch.device) -> float:
+    """Episodes/s of the graphed training loop: sampling + replay (``Setup.loop_rate``'s eager twin)."""
+    counter = itertools.count()
+    setup = graphed.setup
+    return args.batch / timed(lambda: graphed.step(setup.sample(next(counter), args.batch)), device, args.warmup,
+                              args.steps)
 
 
 def bench(model: str, size: str, args: argparse.Namespace, device: torch.device, source) -> dict:
@@ -99,8 +97,7 @@ def bench(model: str, size: str, args: argparse.Namespace, device: torch.device,
     eager = Setup(model, size, device, source)
     if args.compile:
         result["compiled_encoder_error"] = compiled_encoder_error(eager)
-    result["eager_episodes_per_s"] = round(rate(lambda i: eager.step(eager.sample(i, args.batch)), args.batch, device,
-                                                args.warmup, args.steps), 2)
+    result["eager_episodes_per_s"] = round(eager.loop_rate(args.batch, args.steps, args.warmup), 2)
     # the same-training check: eager from fresh weights (Setup seeds them) against the graph from the same
     graphed_setup = Setup(model, size, device, source)
     reference = Setup(model, size, device, source)
@@ -116,8 +113,9 @@ def bench(model: str, size: str, args: argparse.Namespace, device: torch.device,
         result["capture_traceback"] = traceback.format_exc().splitlines()[-12:]
         print(model, size, json.dumps(result), flush=True)
         return result
-    # the graph's warm-up and capture took three steps on its first batch: give the reference the same
-    first = graphed_setup.sample(0, args.batch)
+    # the graph's warm-up took three steps on its first batch (still in graphed.static): give the reference
+    # the same; its own Adam (Setup's is under a warm-up schedule) at the graph's constant learning rate
+    first = graphed.static
     ref_optimizer = torch.optim.Adam(reference.learner.parameters(), lr=1e-4, fused=True)
     for _ in range(3):
         meta_train_step(reference.learner, first, ref_optimizer, _NoSchedule(), reference.params, SLCT_LAMBDA,
@@ -130,13 +128,13 @@ def bench(model: str, size: str, args: argparse.Namespace, device: torch.device,
                                                   SLCT_LAMBDA, GRAD_CLIP, "bf16").loss))
     result["check_losses"] = {"graph": losses_graph, "eager": losses_eager}
     result["check_max_relative_difference"] = max(abs(g - e) / abs(e) for g, e in zip(losses_graph, losses_eager))
-    result["graph_episodes_per_s"] = round(rate(lambda i: graphed.step(graphed_setup.sample(i, args.batch)), args.batch,
-                                                device, args.warmup, args.steps), 2)
+    result["graph_episodes_per_s"] = round(graphed_rate(graphed, args, device), 2)
     ep = graphed_setup.sample(1, args.batch)
-    result["replay_only_episodes_per_s"] = round(rate(lambda i: graphed.step(ep), args.batch, device, args.warmup,
-                                                      args.steps), 2)
-    result["sampling_ms"] = round(1000 * args.batch / rate(lambda i: graphed_setup.sample(i, args.batch), args.batch,
-                                                           device, 1, args.steps), 3)
+    result["replay_only_episodes_per_s"] = round(args.batch / timed(lambda: graphed.step(ep), device, args.warmup,
+                                                                    args.steps), 2)
+    seeds = itertools.count()
+    result["sampling_ms"] = round(1000 * timed(lambda: graphed_setup.sample(next(seeds), args.batch), device, 1,
+                                               args.steps), 3)
     result["speedup"] = round(result["graph_episodes_per_s"] / result["eager_episodes_per_s"], 3)
     print(model, size, json.dumps(result), flush=True)
     return result
