@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from streaming import device_info  # noqa: E402
 
 from mclstudio.data import get_source  # noqa: E402
+from mclstudio.errors import USER_ERRORS  # noqa: E402
+from mclstudio.files import claim_output  # noqa: E402
 from mclstudio.training.adapt import AdaptConfig, adapt, default_adapter_path  # noqa: E402
 from mclstudio.store.adapters import load_learners  # noqa: E402
 from mclstudio.training.evaluate import Setting, evaluate_setting, trained_spec  # noqa: E402
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--base-dir", default="checkpoints/previous",
                         help="the bases' folder, relative to the repository (checkpoints/: the shipped learners)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adapt_cpu.json"))
+    parser.add_argument("--force", action="store_true", help="replace the adapter file if it exists")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
@@ -82,7 +85,11 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     logs = []
-    result = adapt(cfg, on_log=lambda log: (logs.append(log.__dict__), print(log, file=sys.stderr, flush=True)))
+    try:  # as `mclstudio adapt` does: an existing adapter file is refused unless --force, before any compute
+        with claim_output(adapter_path, replace=args.force, inputs=[checkpoint], what="adapter file"):
+            result = adapt(cfg, on_log=lambda log: (logs.append(log.__dict__), print(log, file=sys.stderr, flush=True)))
+    except USER_ERRORS as exc:
+        sys.exit(f"error: {exc}")
     adapt_s = time.perf_counter() - started
 
     original = get_source("omniglot-mini").name
